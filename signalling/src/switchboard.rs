@@ -77,8 +77,10 @@ pub enum Input {
         call: CallId,
         /// Who to call.
         callee: Address,
-        /// Whether the callee's account exists.
-        callee_known: bool,
+        /// `None` when the callee's account exists on this node; otherwise
+        /// why it cannot be rung at all (unknown user or zone, unreachable
+        /// zone), which ends the call at once.
+        refused: Option<EndReason>,
         /// Media offered.
         media: Media,
     },
@@ -130,7 +132,8 @@ pub struct CallRecord {
     pub caller: Address,
     /// Who was called.
     pub callee: Address,
-    /// Whether the callee's account exists (no callee history otherwise).
+    /// Whether the callee's account exists on this node (no callee history
+    /// or notice otherwise).
     pub callee_known: bool,
     /// Media offered.
     pub media: Media,
@@ -248,8 +251,8 @@ impl Switchboard {
             Input::DeviceOnline { device, user } => self.device_online(device, user),
             Input::DeviceLost { device } => self.device_lost(device),
             Input::DeviceGone { device } => self.device_gone(&device),
-            Input::Dial { device, id, call, callee, callee_known, media } => {
-                self.dial(device, id, call, callee, callee_known, media)
+            Input::Dial { device, id, call, callee, refused, media } => {
+                self.dial(device, id, call, callee, refused, media)
             }
             Input::Request { device, msg } => self.request(device, msg),
         }
@@ -413,7 +416,15 @@ impl Switchboard {
         }
     }
 
-    fn dial(&mut self, device: DeviceId, id: RequestId, call: CallId, callee: Address, known: bool, media: Media) {
+    fn dial(
+        &mut self,
+        device: DeviceId,
+        id: RequestId,
+        call: CallId,
+        callee: Address,
+        refused: Option<EndReason>,
+        media: Media,
+    ) {
         let Some(dev) = self.devices.get(&device) else { return };
         if dev.call.is_some() {
             return self.reply_err(&device, id, ErrorCode::AlreadyInCall, "this device is already in a call");
@@ -428,8 +439,9 @@ impl Switchboard {
         self.send(&device, NodeToClient::CallPlaced { id, call: call.clone() });
         let online: BTreeSet<DeviceId> = self.online_devices(&callee).cloned().collect();
         let busy = self.users.get(&callee).into_iter().flatten().any(|d| self.call_of(d).is_some());
-        let refused = if !known {
-            Some(EndReason::UnknownUser)
+        let known = refused.is_none();
+        let refused = if refused.is_some() {
+            refused
         } else if online.is_empty() {
             Some(EndReason::Offline)
         } else if busy {

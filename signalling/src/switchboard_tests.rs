@@ -80,7 +80,7 @@ impl Harness {
             id: self.next_req,
             call: call.clone(),
             callee: addr(to),
-            callee_known: known,
+            refused: (!known).then_some(EndReason::UnknownUser),
             media: AUDIO,
         });
         call

@@ -1,0 +1,217 @@
+//! Admin operations (`xarxa user …`, `xarxa invite …`, `xarxa status`).
+//!
+//! While the node runs it holds the database, so the CLI sends its request
+//! over a Unix socket in the data directory (mode 0600: only the node's
+//! owner may use it). When no node runs, the CLI opens the database itself.
+//! Both paths execute the same [`AdminRequest`] with [`execute`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use signalling::UserName;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{info, warn};
+
+use crate::accounts::{AccountError, Accounts};
+use crate::calls::{Calls, Command};
+use crate::server::{AppState, ServerError};
+use crate::store::Store;
+
+/// Largest admin request line, in bytes.
+const MAX_REQUEST: usize = 8 * 1024;
+
+/// One admin operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AdminRequest {
+    /// Create an account.
+    UserAdd {
+        /// Local name.
+        name: String,
+        /// Password.
+        password: String,
+    },
+    /// List accounts.
+    UserList,
+    /// Delete an account and its data; its devices are disconnected.
+    UserRemove {
+        /// Local name.
+        name: String,
+    },
+    /// Set a password; every session of the user ends.
+    UserPasswd {
+        /// Local name.
+        name: String,
+        /// New password.
+        password: String,
+    },
+    /// Make an invite code.
+    InviteCreate {
+        /// Registrations it allows.
+        uses: u32,
+    },
+    /// List invite codes.
+    InviteList,
+    /// Node status.
+    Status,
+}
+
+/// The answer to an [`AdminRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum AdminResponse {
+    /// Done; data depends on the request.
+    Ok {
+        /// The result.
+        data: Value,
+    },
+    /// Failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+fn user_name(accounts: &Accounts, name: &str) -> Result<UserName, AccountError> {
+    accounts.parse_local(name)
+}
+
+/// Runs one request. `calls` is the running node's calls service (to
+/// disconnect revoked sessions), absent when the CLI works offline.
+pub async fn execute(accounts: &Accounts, store: &Store, calls: Option<&Calls>, req: AdminRequest) -> AdminResponse {
+    let result: Result<Value, AccountError> = async {
+        match req {
+            AdminRequest::UserAdd { name, password } => {
+                let user = accounts.create(&name, &password).await?;
+                Ok(json!({"user": user}))
+            }
+            AdminRequest::UserList => {
+                let users: Vec<Value> = store
+                    .users()?
+                    .into_iter()
+                    .map(|u| json!({"name": u.name, "created_at_ms": u.created_at_ms}))
+                    .collect();
+                Ok(json!({"users": users}))
+            }
+            AdminRequest::UserRemove { name } => {
+                let revoked = accounts.remove(&user_name(accounts, &name)?).await?;
+                if let Some(c) = calls {
+                    c.send(Command::SessionsRevoked { ids: revoked.clone() }).await;
+                }
+                Ok(json!({"removed": name, "sessions_revoked": revoked.len()}))
+            }
+            AdminRequest::UserPasswd { name, password } => {
+                let revoked = accounts.set_password(&user_name(accounts, &name)?, &password, None).await?;
+                if let Some(c) = calls {
+                    c.send(Command::SessionsRevoked { ids: revoked.clone() }).await;
+                }
+                Ok(json!({"user": name, "sessions_revoked": revoked.len()}))
+            }
+            AdminRequest::InviteCreate { uses } => {
+                Ok(json!({"code": accounts.create_invite(uses).await?, "uses": uses}))
+            }
+            AdminRequest::InviteList => {
+                let list: Vec<Value> = store
+                    .invites()?
+                    .into_iter()
+                    .map(|(code, r)| json!({"code": code, "uses_left": r.uses_left}))
+                    .collect();
+                Ok(json!({"invites": list}))
+            }
+            AdminRequest::Status => {
+                let (users, sessions) = store.counts();
+                let mut v = json!({"zone": accounts.zone().as_str(), "users": users, "sessions": sessions,
+                                   "running": calls.is_some()});
+                if let Some(c) = calls {
+                    let s = c.stats().await;
+                    v["devices"] = json!(s.devices);
+                    v["calls_ringing"] = json!(s.ringing);
+                    v["calls_connected"] = json!(s.connected);
+                }
+                Ok(v)
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(data) => AdminResponse::Ok { data },
+        Err(e) => AdminResponse::Error { message: e.to_string() },
+    }
+}
+
+/// Binds `data_dir/admin.sock`, replacing a stale one, with mode 0600.
+pub fn bind(data_dir: &Path) -> Result<UnixListener, ServerError> {
+    let path = data_dir.join("admin.sock");
+    let io = |what: &str| {
+        let what = format!("{what} {}", path.display());
+        move |source| ServerError::Io { what, source }
+    };
+    if path.exists() {
+        // The database lock proves no other node uses this directory, so
+        // the socket is left over from a crash.
+        std::fs::remove_file(&path).map_err(io("removing stale"))?;
+    }
+    let listener = UnixListener::bind(&path).map_err(io("binding"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io("securing"))?;
+    }
+    Ok(listener)
+}
+
+/// Serves admin requests: one JSON line in, one JSON line out.
+pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(read.take_limit());
+            let resp = match reader.read_line(&mut line).await {
+                Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
+                    Ok(req) => {
+                        info!(op = ?std::mem::discriminant(&req), "admin request");
+                        execute(&state.accounts, &state.store, Some(&state.calls), req).await
+                    }
+                    Err(e) => AdminResponse::Error { message: format!("bad request: {e}") },
+                },
+                Err(e) => AdminResponse::Error { message: format!("read: {e}") },
+            };
+            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+            out.push(b'\n');
+            if let Err(e) = write.write_all(&out).await {
+                warn!(error = %e, "admin reply failed");
+            }
+        });
+    }
+}
+
+trait TakeLimit {
+    fn take_limit(self) -> tokio::io::Take<Self>
+    where
+        Self: Sized;
+}
+
+impl<R: tokio::io::AsyncRead> TakeLimit for R {
+    fn take_limit(self) -> tokio::io::Take<Self> {
+        tokio::io::AsyncReadExt::take(self, MAX_REQUEST as u64)
+    }
+}
+
+/// Sends `req` to the node running on `data_dir`; `None` if none answers.
+pub async fn request(data_dir: &Path, req: &AdminRequest) -> Option<AdminResponse> {
+    let mut stream = UnixStream::connect(data_dir.join("admin.sock")).await.ok()?;
+    let mut line = serde_json::to_vec(req).ok()?;
+    line.push(b'\n');
+    stream.write_all(&line).await.ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut resp = String::new();
+    reader.read_line(&mut resp).await.ok()?;
+    serde_json::from_str(&resp).ok()
+}

@@ -1,0 +1,423 @@
+//! The calls service: one task that drives the [`Switchboard`] and owns
+//! every device's outgoing channel.
+//!
+//! WebSocket handlers send [`Command`]s over a bounded channel. Each turn
+//! of the loop takes every queued command (or a due timer), runs it through
+//! the switchboard, writes history rows and notices the outputs ask for,
+//! makes them durable with one flush for the whole turn (group commit), and
+//! only then delivers the frames, in order. A device whose channel is full
+//! (it does not read) is disconnected rather than buffered without bound.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngCore;
+use signalling::{
+    Address, CallId, CallRecord, ClientToNode, Config as SbConfig, DeviceId, EndReason, ErrorCode, HistoryEntry,
+    HistoryKind, Input, Media, NodeToClient, Notice, Output, RequestId, Stats, Switchboard, Time,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::accounts::now_ms;
+use crate::pii::Pii;
+use crate::store::Store;
+
+/// Frames queued per device before it counts as stuck.
+pub const DEVICE_QUEUE: usize = 256;
+/// Frames held for a device in its grace period.
+const HELD_MAX: usize = 64;
+/// Commands queued before senders wait.
+const COMMAND_QUEUE: usize = 4096;
+
+/// What a connection's writer task sends.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A text frame.
+    Text(String),
+    /// Close the socket with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// A request to the calls service.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Command {
+    /// A socket authenticated: register (or resume) its device. The
+    /// `welcome` goes out on `tx` first.
+    Connect {
+        /// The `hello`'s request id.
+        hello: RequestId,
+        /// The user.
+        user: Address,
+        /// The session id the socket authenticated with.
+        session: String,
+        /// When that session expires (ms since the epoch).
+        expires_at_ms: u64,
+        /// A device to resume, from `hello`.
+        resume: Option<DeviceId>,
+        /// A number unique to this socket.
+        conn: u64,
+        /// The socket's outgoing channel.
+        tx: mpsc::Sender<Outgoing>,
+        /// The device id, or why not.
+        reply: oneshot::Sender<Result<DeviceId, ErrorCode>>,
+    },
+    /// The socket `conn` of `device` closed.
+    Disconnected {
+        /// The device.
+        device: DeviceId,
+        /// The socket.
+        conn: u64,
+    },
+    /// A `call` request, with the callee looked up.
+    Dial {
+        /// The calling device.
+        device: DeviceId,
+        /// The request id.
+        id: RequestId,
+        /// The callee.
+        to: Address,
+        /// `None` if the callee exists here, else why it cannot be rung.
+        refused: Option<EndReason>,
+        /// Media offered.
+        media: Media,
+    },
+    /// `accept`, `reject`, `hangup` or `signal`.
+    Request {
+        /// The device.
+        device: DeviceId,
+        /// The message.
+        msg: ClientToNode,
+    },
+    /// These sessions were revoked: close their sockets, forget their devices.
+    SessionsRevoked {
+        /// Session ids.
+        ids: Vec<String>,
+    },
+    /// Report counts.
+    Stats {
+        /// Where to send them.
+        reply: oneshot::Sender<Stats>,
+    },
+}
+
+/// A cheap handle to the calls service.
+#[derive(Clone, Debug)]
+pub struct Calls {
+    tx: mpsc::Sender<Command>,
+}
+
+struct Conn {
+    session: String,
+    expires_at_ms: u64,
+    conn: u64,
+    tx: Option<mpsc::Sender<Outgoing>>,
+    held: VecDeque<String>,
+}
+
+struct Actor {
+    sb: Switchboard,
+    epoch: Instant,
+    store: Store,
+    max_devices: usize,
+    max_history: usize,
+    conns: HashMap<DeviceId, Conn>,
+    pending: Vec<(DeviceId, Outgoing)>,
+    notices: Vec<(Address, CallId, Notice)>,
+    dirty: bool,
+}
+
+/// A fresh random id: 16 random bytes in hex, with a prefix.
+pub fn random_id(prefix: &str) -> String {
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    format!("{prefix}{}", hex::encode(b))
+}
+
+impl Calls {
+    /// Starts the service; it runs until every handle is dropped.
+    pub fn spawn(store: Store, ring: Duration, grace: Duration, max_devices: usize, max_history: usize) -> Self {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let actor = Actor {
+            sb: Switchboard::new(SbConfig {
+                ring_timeout_ms: ring.as_millis() as u64,
+                grace_ms: grace.as_millis() as u64,
+            }),
+            epoch: Instant::now(),
+            store,
+            max_devices,
+            max_history,
+            conns: HashMap::new(),
+            pending: Vec::new(),
+            notices: Vec::new(),
+            dirty: false,
+        };
+        tokio::spawn(actor.run(rx));
+        Self { tx }
+    }
+
+    /// Sends a command, waiting for room.
+    pub async fn send(&self, cmd: Command) {
+        if self.tx.send(cmd).await.is_err() {
+            warn!("calls service is gone");
+        }
+    }
+
+    /// Current counts.
+    pub async fn stats(&self) -> Stats {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Stats { reply }).await;
+        rx.await.unwrap_or_default()
+    }
+}
+
+impl Actor {
+    fn now(&self) -> Time {
+        Time(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(256);
+        let mut sweep = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            let wake = self.sb.poll_timeout().map(|t| self.epoch + Duration::from_millis(t.0));
+            tokio::select! {
+                n = rx.recv_many(&mut batch, 256) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for cmd in batch.drain(..) {
+                        self.command(cmd);
+                        self.drain();
+                    }
+                }
+                () = sleep_until_opt(wake) => {
+                    let now = self.now();
+                    self.sb.handle_timeout(now);
+                    self.drain();
+                }
+                _ = sweep.tick() => self.expire_sessions(),
+            }
+            self.commit().await;
+        }
+        debug!("calls service stopped");
+    }
+
+    /// Makes this turn's writes durable, then delivers its frames.
+    async fn commit(&mut self) {
+        if self.dirty {
+            self.dirty = false;
+            if let Err(e) = self.store.flush().await {
+                warn!(error = %e, "flush failed");
+            }
+        }
+        for (user, call, notice) in std::mem::take(&mut self.notices) {
+            let msg = NodeToClient::MissedCall { notice }.to_json();
+            let targets: Vec<DeviceId> =
+                self.sb.online_devices(&user).filter(|d| self.sb.call_of(d) != Some(&call)).cloned().collect();
+            for d in targets {
+                self.pending.push((d, Outgoing::Text(msg.clone())));
+            }
+        }
+        for (device, out) in std::mem::take(&mut self.pending) {
+            self.deliver(device, out);
+        }
+    }
+
+    fn deliver(&mut self, device: DeviceId, out: Outgoing) {
+        let Some(conn) = self.conns.get_mut(&device) else { return };
+        let Some(tx) = &conn.tx else {
+            if let Outgoing::Text(t) = out {
+                if conn.held.len() == HELD_MAX {
+                    conn.held.pop_front();
+                }
+                conn.held.push_back(t);
+            }
+            return;
+        };
+        if let Err(e) = tx.try_send(out) {
+            let stuck = matches!(e, mpsc::error::TrySendError::Full(_));
+            if stuck {
+                warn!(device = %device.0, "device does not read its socket; disconnecting it");
+                let _ = tx.try_send(Outgoing::Close(1008, "too slow"));
+            }
+            conn.tx = None;
+            let now = self.now();
+            self.sb.handle_input(now, Input::DeviceLost { device });
+            self.drain();
+        }
+    }
+
+    fn queue(&mut self, device: &DeviceId, msg: &NodeToClient) {
+        self.pending.push((device.clone(), Outgoing::Text(msg.to_json())));
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::Connect { hello, user, session, expires_at_ms, resume, conn, tx, reply } => {
+                let result = self.connect(now, hello, user, session, expires_at_ms, resume, conn, tx);
+                let _ = reply.send(result);
+            }
+            Command::Disconnected { device, conn } => {
+                let Some(c) = self.conns.get_mut(&device) else { return };
+                if c.conn != conn {
+                    return; // An older socket of a device that has since resumed.
+                }
+                c.tx = None;
+                self.sb.handle_input(now, Input::DeviceLost { device });
+            }
+            Command::Dial { device, id, to, refused, media } => {
+                let call = CallId(random_id(""));
+                info!(call = %call.0, to = %Pii(&to), "dial");
+                self.sb.handle_input(now, Input::Dial { device, id, call, callee: to, refused, media });
+            }
+            Command::Request { device, msg } => self.sb.handle_input(now, Input::Request { device, msg }),
+            Command::SessionsRevoked { ids } => {
+                let gone: Vec<DeviceId> =
+                    self.conns.iter().filter(|(_, c)| ids.contains(&c.session)).map(|(d, _)| d.clone()).collect();
+                for d in gone {
+                    self.pending.push((d.clone(), Outgoing::Close(1008, "session revoked")));
+                    self.sb.handle_input(now, Input::DeviceGone { device: d });
+                }
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.sb.stats());
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn connect(
+        &mut self,
+        now: Time,
+        hello: RequestId,
+        user: Address,
+        session: String,
+        expires_at_ms: u64,
+        resume: Option<DeviceId>,
+        conn: u64,
+        tx: mpsc::Sender<Outgoing>,
+    ) -> Result<DeviceId, ErrorCode> {
+        let (device, resumed) = match resume {
+            Some(d) => {
+                let ok = self.sb.user_of(&d) == Some(&user) && self.conns.contains_key(&d);
+                if !ok {
+                    return Err(ErrorCode::ResumeFailed);
+                }
+                (d, true)
+            }
+            None => {
+                if self.sb.device_count(&user) >= self.max_devices {
+                    return Err(ErrorCode::TooManyDevices);
+                }
+                (DeviceId(random_id("d")), false)
+            }
+        };
+        let held = match self.conns.remove(&device) {
+            Some(mut old) => {
+                if let Some(old_tx) = old.tx.take() {
+                    let _ = old_tx.try_send(Outgoing::Close(4000, "resumed on another connection"));
+                }
+                old.held
+            }
+            None => VecDeque::new(),
+        };
+        self.conns.insert(device.clone(), Conn { session, expires_at_ms, conn, tx: Some(tx), held: VecDeque::new() });
+        self.queue(&device, &NodeToClient::Welcome { id: hello, device: device.clone(), user: user.clone(), resumed });
+        for text in held {
+            self.pending.push((device.clone(), Outgoing::Text(text)));
+        }
+        self.sb.handle_input(now, Input::DeviceOnline { device: device.clone(), user: user.clone() });
+        if !resumed {
+            match self.store.notices(user.name.as_str(), false) {
+                Ok(list) => {
+                    for notice in list {
+                        self.queue(&device, &NodeToClient::MissedCall { notice });
+                    }
+                }
+                Err(e) => warn!(error = %e, "reading notices failed"),
+            }
+        }
+        Ok(device)
+    }
+
+    fn expire_sessions(&mut self) {
+        let now_ms = now_ms();
+        let expired: Vec<String> =
+            self.conns.values().filter(|c| c.expires_at_ms <= now_ms).map(|c| c.session.clone()).collect();
+        if !expired.is_empty() {
+            self.command(Command::SessionsRevoked { ids: expired });
+            self.drain();
+        }
+    }
+
+    /// Acts on every switchboard output.
+    fn drain(&mut self) {
+        while let Some(out) = self.sb.poll_output() {
+            match out {
+                Output::Send { to, msg } => self.queue(&to, &msg),
+                Output::CallFinished(record) => self.record(&record),
+                Output::DeviceRemoved { device } => {
+                    self.conns.remove(&device);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Writes history for both sides and a notice for a missed call.
+    fn record(&mut self, r: &CallRecord) {
+        let wall_now = now_ms();
+        let started_at_ms = wall_now.saturating_sub(self.now().since(r.placed_at));
+        let entry = |kind, peer: &Address| HistoryEntry {
+            id: 0,
+            call: r.call.clone(),
+            kind,
+            peer: peer.clone(),
+            media: r.media,
+            started_at_ms,
+            duration_ms: r.duration_ms(),
+            outcome: r.outcome(),
+        };
+        info!(call = %r.call.0, outcome = ?r.outcome(), duration_ms = r.duration_ms(), "call finished");
+        let mut writes = vec![(r.caller.clone(), entry(HistoryKind::Sent, &r.callee))];
+        if r.callee_known {
+            let kind = if r.is_missed() { HistoryKind::Missed } else { HistoryKind::Received };
+            writes.push((r.callee.clone(), entry(kind, &r.caller)));
+        }
+        for (user, e) in writes {
+            if let Err(err) = self.store.add_history(user.name.as_str(), e, self.max_history) {
+                warn!(error = %err, "writing history failed");
+            }
+        }
+        if r.is_missed() {
+            let notice = Notice {
+                id: 0,
+                call: r.call.clone(),
+                from: r.caller.clone(),
+                at_ms: started_at_ms,
+                reason: r.reason,
+                read: false,
+            };
+            match self.store.add_notice(r.callee.name.as_str(), notice) {
+                Ok(n) => self.notices.push((r.callee.clone(), r.call.clone(), n)),
+                Err(err) => warn!(error = %err, "writing notice failed"),
+            }
+        }
+        self.dirty = true;
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Shared reference to the calls service.
+pub type SharedCalls = Arc<Calls>;

@@ -1,0 +1,358 @@
+//! The node's configuration: one serde struct with a default per field,
+//! read from a TOML file, then `XARXA_*` environment variables, then CLI
+//! flags; validated at start. `xarxa init` writes [`example_toml`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use signalling::ZoneName;
+
+/// Who may create accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Registration {
+    /// Anyone who can reach the node.
+    Open,
+    /// Anyone with an invite code from `xarxa invite create`.
+    Invite,
+    /// Only the admin, with `xarxa user add`.
+    AdminOnly,
+}
+
+/// The whole configuration of a zone node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This zone's name (one DNS label: a-z, 0-9, '-'). Users are name@zone.
+    pub zone: String,
+    /// Where the node keeps its key, certificate and database.
+    pub data_dir: PathBuf,
+    /// Who may create accounts: "open", "invite" or "admin-only".
+    pub registration: Registration,
+    /// HTTPS listener.
+    pub http: Http,
+    /// TLS certificate.
+    pub tls: Tls,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Limits on sizes and rates.
+    pub limits: Limits,
+}
+
+/// HTTPS listener settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    /// Address and port for HTTPS and WebSocket (all interfaces by default,
+    /// so that people in the zone can reach it).
+    pub listen: SocketAddr,
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain; empty: a self-signed one is generated in the data directory.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+}
+
+/// Timeouts, as human-readable durations ("30s", "10m", "30days").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// How long a call rings before it ends unanswered.
+    #[serde(with = "humantime_serde")]
+    pub ring: Duration,
+    /// How long a device in a call may be disconnected before its call ends.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// How long a new WebSocket has to send its hello.
+    #[serde(with = "humantime_serde")]
+    pub hello: Duration,
+    /// How long a login session lasts.
+    #[serde(with = "humantime_serde")]
+    pub session: Duration,
+    /// A WebSocket silent for this long is considered dead.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+}
+
+/// Limits on sizes and rates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest WebSocket frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Largest SDP in a signal, in bytes.
+    pub max_sdp_bytes: usize,
+    /// Largest in-call chat line or ICE candidate, in bytes.
+    pub max_chat_bytes: usize,
+    /// Largest HTTP request body, in bytes.
+    pub max_body_bytes: usize,
+    /// WebSocket messages per second per device (bursts of twice that pass).
+    pub ws_messages_per_second: u32,
+    /// Devices one user may have connected at once.
+    pub max_devices_per_user: usize,
+    /// WebSockets the node holds at once.
+    pub max_connections: usize,
+    /// Failed logins per account within `login_window` before it is throttled.
+    pub login_failures_per_account: u32,
+    /// Failed logins per source address within `login_window`.
+    pub login_failures_per_address: u32,
+    /// The window for failed-login counting.
+    #[serde(with = "humantime_serde")]
+    pub login_window: Duration,
+    /// Registrations per source address within `login_window`.
+    pub registrations_per_address: u32,
+    /// Sessions one user may hold; the oldest is revoked past that.
+    pub max_sessions_per_user: usize,
+    /// Call history entries kept per user; the oldest go first.
+    pub max_history_per_user: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            zone: "xarxa".into(),
+            data_dir: PathBuf::from("xarxa-data"),
+            registration: Registration::Open,
+            http: Http::default(),
+            tls: Tls::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8443)) }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            ring: Duration::from_secs(30),
+            grace: Duration::from_secs(10),
+            hello: Duration::from_secs(10),
+            session: Duration::from_secs(30 * 24 * 3600),
+            idle: Duration::from_secs(90),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            max_sdp_bytes: 16 * 1024,
+            max_chat_bytes: 4 * 1024,
+            max_body_bytes: 64 * 1024,
+            ws_messages_per_second: 50,
+            max_devices_per_user: 10,
+            max_connections: 16_384,
+            login_failures_per_account: 5,
+            login_failures_per_address: 20,
+            login_window: Duration::from_secs(300),
+            registrations_per_address: 20,
+            max_sessions_per_user: 50,
+            max_history_per_user: 1_000,
+        }
+    }
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file or environment could not be read or parsed.
+    #[error("configuration: {0}")]
+    Load(Box<figment::Error>),
+    /// A value is out of range.
+    #[error("configuration: {field}: {why}")]
+    Invalid {
+        /// The offending key.
+        field: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// Overrides from the command line (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--data`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--zone`.
+    pub zone: Option<String>,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then `XARXA_*` variables
+    /// (`XARXA_TIMEOUTS__RING=5s` sets `timeouts.ring`), then `overrides`,
+    /// and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig.merge(Env::prefixed("XARXA_").split("__").ignore(&["log"]));
+        let mut config: Config = fig.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        if let Some(d) = &overrides.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(l) = overrides.listen {
+            config.http.listen = l;
+        }
+        if let Some(z) = &overrides.zone {
+            config.zone = z.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The zone name, parsed.
+    pub fn zone_name(&self) -> Result<ZoneName, ConfigError> {
+        ZoneName::parse(&self.zone).map_err(|e| ConfigError::Invalid { field: "zone", why: e.to_string() })
+    }
+
+    /// Checks ranges and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.zone_name()?;
+        let invalid = |field, why: &str| Err(ConfigError::Invalid { field, why: why.into() });
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls", "set both cert and key, or neither");
+        }
+        let l = &self.limits;
+        if l.max_frame_bytes < 1024 || l.max_frame_bytes > 16 * 1024 * 1024 {
+            return invalid("limits.max_frame_bytes", "must be 1 KiB to 16 MiB");
+        }
+        if l.max_sdp_bytes == 0 || l.max_sdp_bytes > l.max_frame_bytes {
+            return invalid("limits.max_sdp_bytes", "must be positive and at most max_frame_bytes");
+        }
+        if l.max_chat_bytes == 0 || l.max_chat_bytes > l.max_frame_bytes {
+            return invalid("limits.max_chat_bytes", "must be positive and at most max_frame_bytes");
+        }
+        if l.ws_messages_per_second == 0 || l.max_devices_per_user == 0 || l.max_connections == 0 {
+            return invalid("limits", "rates and counts must be positive");
+        }
+        if l.max_sessions_per_user == 0 || l.max_history_per_user == 0 || l.max_body_bytes < 1024 {
+            return invalid("limits", "sessions and history must be positive, bodies at least 1 KiB");
+        }
+        let t = &self.timeouts;
+        if t.ring.is_zero() || t.hello.is_zero() || t.session.is_zero() || t.idle < Duration::from_secs(5) {
+            return invalid("timeouts", "ring, hello and session must be positive, idle at least 5s");
+        }
+        Ok(())
+    }
+}
+
+/// Documentation of each key, in file order, used to comment the example.
+const DOCS: &[(&str, &str)] = &[
+    ("zone", "This zone's name (one DNS label: a-z, 0-9, '-'). Users are name@zone."),
+    ("data_dir", "Where the node keeps its key, certificate and database."),
+    (
+        "registration",
+        "Who may create accounts: \"open\", \"invite\" (codes from `xarxa invite create`) or \"admin-only\".",
+    ),
+    ("http.listen", "Address and port for HTTPS and WebSocket. 0.0.0.0 serves every interface."),
+    ("tls.cert", "PEM certificate chain. Leave unset to use a self-signed one generated in data_dir/tls."),
+    ("tls.key", "PEM private key for tls.cert."),
+    ("timeouts.ring", "How long a call rings before it ends unanswered."),
+    ("timeouts.grace", "How long a device in a call may be disconnected before its call ends."),
+    ("timeouts.hello", "How long a new WebSocket has to authenticate."),
+    ("timeouts.session", "How long a login session lasts."),
+    ("timeouts.idle", "A WebSocket silent for this long is considered dead."),
+    ("limits.max_frame_bytes", "Largest WebSocket frame accepted, in bytes."),
+    ("limits.max_sdp_bytes", "Largest SDP in a signal, in bytes."),
+    ("limits.max_chat_bytes", "Largest in-call chat line or ICE candidate, in bytes."),
+    ("limits.max_body_bytes", "Largest HTTP request body, in bytes."),
+    ("limits.ws_messages_per_second", "WebSocket messages per second per device (bursts of twice that pass)."),
+    ("limits.max_devices_per_user", "Devices one user may have connected at once."),
+    ("limits.max_connections", "WebSockets the node holds at once."),
+    ("limits.login_failures_per_account", "Failed logins per account within login_window before it is throttled."),
+    ("limits.login_failures_per_address", "Failed logins per source address within login_window."),
+    ("limits.login_window", "The window for counting failed logins and registrations."),
+    ("limits.registrations_per_address", "Registrations per source address within login_window."),
+    ("limits.max_sessions_per_user", "Sessions one user may hold; the oldest is revoked past that."),
+    ("limits.max_history_per_user", "Call history entries kept per user; the oldest go first."),
+];
+
+/// A complete, commented config file holding `config`'s values.
+pub fn example_toml(config: &Config) -> String {
+    let body = toml::to_string(config).unwrap_or_default();
+    let mut out = String::from("# Xarxa zone node configuration. Every key is optional; shown are the defaults.\n");
+    out.push_str("# Environment variables override it: XARXA_ZONE=gracia, XARXA_TIMEOUTS__RING=45s.\n\n");
+    let mut section = String::new();
+    let mut documented: Vec<&str> = Vec::new();
+    for line in body.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = format!("{name}.");
+            out.push('\n');
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            let full = format!("{section}{}", key.trim());
+            if let Some((k, doc)) = DOCS.iter().find(|(k, _)| *k == full) {
+                documented.push(k);
+                out.push_str(&format!("# {doc}\n"));
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    // Keys that serialise to nothing (unset options) are shown commented out.
+    for (k, doc) in DOCS.iter().filter(|(k, _)| !documented.contains(k)) {
+        out.push_str(&format!("\n# {doc}\n# {k} = \"\"\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_round_trips_and_documents_every_key() {
+        let c = Config::default();
+        let text = example_toml(&c);
+        let back: Config = toml::from_str(&text).expect("example parses");
+        assert_eq!(back, c);
+        for (k, _) in DOCS {
+            let leaf = k.rsplit('.').next().unwrap_or(k);
+            assert!(text.contains(leaf), "{k} missing from example");
+        }
+        let value: toml::Value = toml::from_str(&toml::to_string(&c).expect("ser")).expect("de");
+        let mut keys = Vec::new();
+        if let toml::Value::Table(t) = value {
+            for (k, v) in t {
+                match v {
+                    toml::Value::Table(inner) => keys.extend(inner.keys().map(|i| format!("{k}.{i}"))),
+                    _ => keys.push(k),
+                }
+            }
+        }
+        for k in keys {
+            assert!(DOCS.iter().any(|(d, _)| *d == k), "{k} has no doc");
+        }
+    }
+
+    #[test]
+    fn validation_rejects_nonsense() {
+        let c = Config { zone: "Not A Zone!".into(), ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "zone", .. })));
+        let mut c = Config::default();
+        c.limits.max_sdp_bytes = c.limits.max_frame_bytes + 1;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.tls.cert = Some("x.pem".into());
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,375 @@
+//! The HTTP API: thin handlers over the services. Routes are documented in
+//! `docs/api.md`; each handler's doc names its route.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, State};
+use axum::http::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use signalling::HistoryEntry;
+use tracing::warn;
+
+use crate::accounts::{AccountError, Authed};
+use crate::calls::Command;
+use crate::server::AppState;
+use crate::store::StoreError;
+
+/// An API error: an HTTP status and a stable code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// From the accounts service.
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    /// From the store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Malformed body, path or query.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is over the limit.
+    #[error("request body too large")]
+    TooLarge,
+    /// No such thing (for this user).
+    #[error("not found")]
+    NotFound,
+}
+
+impl ApiError {
+    fn status_code(&self) -> (StatusCode, &'static str) {
+        use AccountError as A;
+        match self {
+            Self::Account(A::InvalidName(_) | A::WrongZone(_)) => (StatusCode::BAD_REQUEST, "invalid_name"),
+            Self::Account(A::WeakPassword) => (StatusCode::BAD_REQUEST, "weak_password"),
+            Self::Account(A::NameTaken) => (StatusCode::CONFLICT, "name_taken"),
+            Self::Account(A::RegistrationClosed) => (StatusCode::FORBIDDEN, "registration_closed"),
+            Self::Account(A::InvalidInvite) => (StatusCode::FORBIDDEN, "invalid_invite"),
+            Self::Account(A::InvalidCredentials) => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            Self::Account(A::InvalidToken) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            Self::Account(A::RateLimited(_)) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Account(A::NotFound) | Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::Account(_) | Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_code();
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            warn!(error = %self, "internal error");
+            "internal error".to_string()
+        } else {
+            self.to_string()
+        };
+        let mut resp = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
+        if let Self::Account(AccountError::RateLimited(after)) = &self {
+            if let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string()) {
+                resp.headers_mut().insert(RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::TooLarge
+        } else {
+            Self::BadRequest(r.body_text())
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::BadRequest(r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::BadRequest(r.body_text())
+    }
+}
+
+/// A JSON body whose rejection is a typed [`ApiError`].
+#[derive(FromRequest)]
+#[from_request(via(Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+#[derive(FromRequestParts)]
+#[from_request(via(Path), rejection(ApiError))]
+struct ApiPath<T>(T);
+
+#[derive(FromRequestParts)]
+#[from_request(via(Query), rejection(ApiError))]
+struct ApiQuery<T>(T);
+
+/// The authenticated caller, from `Authorization: Bearer <token>`.
+pub struct Auth(pub Authed);
+
+impl FromRequestParts<Arc<AppState>> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(AccountError::InvalidToken)?;
+        Ok(Auth(state.accounts.authenticate(token.trim())?))
+    }
+}
+
+/// Every route of the node.
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.config.limits.max_body_bytes;
+    Router::new()
+        .route("/", get(index))
+        .route("/health", get(health))
+        .route("/api/v1/register", post(register))
+        .route("/api/v1/login", post(login))
+        .route("/api/v1/logout", post(logout))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/sessions", get(sessions))
+        .route("/api/v1/sessions/{id}", delete(revoke_session))
+        .route("/api/v1/password", post(change_password))
+        .route("/api/v1/history", get(history).delete(clear_history))
+        .route("/api/v1/history/{id}", delete(delete_history))
+        .route("/api/v1/notices", get(notices))
+        .route("/api/v1/notices/{id}/read", post(read_notice))
+        .route("/api/v1/ws", get(crate::ws::upgrade))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// # `GET /`
+async fn index(State(s): State<Arc<AppState>>) -> Html<String> {
+    let zone = s.accounts.zone();
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+         <title>Xarxa · {zone}</title></head><body><h1>Xarxa zone <em>{zone}</em></h1>\
+         <p>Xarxa {v}: calls and chat for community networks.</p></body></html>",
+        v = env!("CARGO_PKG_VERSION")
+    ))
+}
+
+/// # `GET /health`
+async fn health(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "zone": s.accounts.zone().as_str(), "version": env!("CARGO_PKG_VERSION")}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    name: String,
+    password: String,
+    #[serde(default)]
+    invite: Option<String>,
+}
+
+/// # `POST /api/v1/register`
+async fn register(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(b): ApiJson<RegisterBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let user = s.accounts.register(&b.name, &b.password, b.invite.as_deref(), peer.ip()).await?;
+    Ok((StatusCode::CREATED, Json(json!({"user": user}))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    name: String,
+    password: String,
+    #[serde(default)]
+    device: Option<String>,
+}
+
+/// # `POST /api/v1/login`
+async fn login(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(b): ApiJson<LoginBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (login, revoked) = s.accounts.login(&b.name, &b.password, b.device.as_deref().unwrap_or(""), peer.ip()).await?;
+    if !revoked.is_empty() {
+        s.calls.send(Command::SessionsRevoked { ids: revoked }).await;
+    }
+    Ok(Json(json!({
+        "token": login.token,
+        "session": login.session.id,
+        "user": format!("{}@{}", login.session.user, s.accounts.zone()),
+        "expires_at_ms": login.session.expires_at_ms,
+    })))
+}
+
+/// # `POST /api/v1/logout`
+async fn logout(State(s): State<Arc<AppState>>, Auth(a): Auth) -> Result<StatusCode, ApiError> {
+    s.accounts.revoke(&a.user.name, &a.session.id).await?;
+    s.calls.send(Command::SessionsRevoked { ids: vec![a.session.id] }).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// # `GET /api/v1/me`
+async fn me(State(s): State<Arc<AppState>>, Auth(a): Auth) -> Result<Json<serde_json::Value>, ApiError> {
+    let rec = s.store.user(a.user.name.as_str())?.ok_or(AccountError::InvalidToken)?;
+    Ok(Json(json!({"user": a.user, "zone": s.accounts.zone().as_str(), "created_at_ms": rec.created_at_ms})))
+}
+
+#[derive(Serialize)]
+struct SessionView {
+    id: String,
+    device: String,
+    created_at_ms: u64,
+    last_used_at_ms: u64,
+    expires_at_ms: u64,
+    current: bool,
+}
+
+/// # `GET /api/v1/sessions`
+async fn sessions(State(s): State<Arc<AppState>>, Auth(a): Auth) -> Result<Json<serde_json::Value>, ApiError> {
+    let list: Vec<SessionView> = s
+        .accounts
+        .sessions(&a.user.name)?
+        .into_iter()
+        .map(|r| SessionView {
+            current: r.id == a.session.id,
+            id: r.id,
+            device: r.device,
+            created_at_ms: r.created_at_ms,
+            last_used_at_ms: r.last_used_at_ms,
+            expires_at_ms: r.expires_at_ms,
+        })
+        .collect();
+    Ok(Json(json!({ "sessions": list })))
+}
+
+/// # `DELETE /api/v1/sessions/{id}`
+async fn revoke_session(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    s.accounts.revoke(&a.user.name, &id).await?;
+    s.calls.send(Command::SessionsRevoked { ids: vec![id] }).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordBody {
+    old: String,
+    new: String,
+}
+
+/// # `POST /api/v1/password`
+async fn change_password(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiJson(b): ApiJson<PasswordBody>,
+) -> Result<StatusCode, ApiError> {
+    let revoked = s.accounts.change_password(&a, &b.old, &b.new).await?;
+    s.calls.send(Command::SessionsRevoked { ids: revoked }).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    before: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct HistoryPage {
+    entries: Vec<HistoryEntry>,
+    next: Option<u64>,
+}
+
+/// # `GET /api/v1/history?limit=&before=`
+async fn history(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > 200 {
+        return Err(ApiError::BadRequest("limit must be 1 to 200".into()));
+    }
+    let mut entries = s.store.history(a.user.name.as_str(), q.before, limit + 1)?;
+    let next = if entries.len() > limit {
+        entries.truncate(limit);
+        entries.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(Json(HistoryPage { entries, next }))
+}
+
+/// # `DELETE /api/v1/history/{id}`
+async fn delete_history(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<StatusCode, ApiError> {
+    if !s.store.delete_history(a.user.name.as_str(), id)? {
+        return Err(ApiError::NotFound);
+    }
+    s.store.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// # `DELETE /api/v1/history`
+async fn clear_history(State(s): State<Arc<AppState>>, Auth(a): Auth) -> Result<StatusCode, ApiError> {
+    s.store.clear_history(a.user.name.as_str())?;
+    s.store.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoticesQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+/// # `GET /api/v1/notices?all=`
+async fn notices(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiQuery(q): ApiQuery<NoticesQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let list = s.store.notices(a.user.name.as_str(), q.all)?;
+    Ok(Json(json!({ "notices": list })))
+}
+
+/// # `POST /api/v1/notices/{id}/read`
+async fn read_notice(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<StatusCode, ApiError> {
+    if !s.store.mark_notice_read(a.user.name.as_str(), id)? {
+        return Err(ApiError::NotFound);
+    }
+    s.store.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

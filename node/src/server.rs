@@ -1,0 +1,176 @@
+//! The zone node as a whole: [`Server::bind`] prepares everything (data
+//! directory, key, certificate, database, services, sockets), then
+//! [`Server::run`] serves until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum_server::tls_rustls::RustlsConfig;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::accounts::{AccountError, Accounts};
+use crate::calls::Calls;
+use crate::config::{Config, ConfigError};
+use crate::identity::{self, IdentityError};
+use crate::store::{Store, StoreError};
+use crate::tls::{self, TlsError};
+
+/// Shared state of the running node, given to every handler.
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Config,
+    /// Accounts and sessions.
+    pub accounts: Accounts,
+    /// The database.
+    pub store: Store,
+    /// The calls service.
+    pub calls: Calls,
+    /// WebSocket slots (`limits.max_connections`).
+    pub connections: Arc<Semaphore>,
+    /// Numbers sockets.
+    pub next_conn: AtomicU64,
+}
+
+/// Why the node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The node key.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The certificate.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The accounts service.
+    #[error(transparent)]
+    Accounts(#[from] AccountError),
+    /// A socket or file.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// What `node.json` in the data directory says about a running node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// The node's process id.
+    pub pid: u32,
+    /// The HTTPS address it listens on.
+    pub https: SocketAddr,
+    /// Its zone.
+    pub zone: String,
+    /// Its version.
+    pub version: String,
+}
+
+/// A node ready to serve.
+pub struct Server {
+    state: Arc<AppState>,
+    listener: std::net::TcpListener,
+    admin: tokio::net::UnixListener,
+    tls: Arc<rustls::ServerConfig>,
+    addr: SocketAddr,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
+}
+
+impl Server {
+    /// Prepares the node: creates the data directory, loads or makes the
+    /// key and certificate, opens the database, starts the services and
+    /// binds the HTTPS and admin sockets.
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        config.validate()?;
+        let data = config.data_dir.clone();
+        std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
+        let key = identity::load_or_create(&data)?;
+        let node_id = hex::encode(key.verifying_key().as_bytes());
+        let configured = config.tls.cert.as_deref().zip(config.tls.key.as_deref());
+        let (cert, cert_key) = tls::ensure_cert(&data, configured, &config.zone)?;
+        let tls = tls::server_config(&cert, &cert_key)?;
+        let store = Store::open(&data.join("db"))?;
+        let purged = store.purge_expired_sessions(crate::accounts::now_ms())?;
+        let accounts = Accounts::new(store.clone(), &config)?;
+        let calls = Calls::spawn(
+            store.clone(),
+            config.timeouts.ring,
+            config.timeouts.grace,
+            config.limits.max_devices_per_user,
+            config.limits.max_history_per_user,
+        );
+        let listener = std::net::TcpListener::bind(config.http.listen)
+            .map_err(io(format!("listening on {}", config.http.listen)))?;
+        listener.set_nonblocking(true).map_err(io("configuring listener"))?;
+        let addr = listener.local_addr().map_err(io("reading listen address"))?;
+        let admin = crate::admin::bind(&data)?;
+        info!(zone = %config.zone, node = %node_id, %addr, purged_sessions = purged, "zone node ready");
+        let state = Arc::new(AppState {
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            next_conn: AtomicU64::new(1),
+            config,
+            accounts,
+            store,
+            calls,
+        });
+        Ok(Self { state, listener, admin, tls, addr })
+    }
+
+    /// The HTTPS address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, gives open
+    /// connections a moment to finish, flushes the database and removes
+    /// `node.json`.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let data: PathBuf = self.state.config.data_dir.clone();
+        let info = RunInfo {
+            pid: std::process::id(),
+            https: self.addr,
+            zone: self.state.config.zone.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let handle = axum_server::Handle::new();
+        let app = crate::http::router(self.state.clone());
+        let admin_task = tokio::spawn(crate::admin::serve(self.admin, self.state.clone()));
+        let server = axum_server::from_tcp_rustls(self.listener, RustlsConfig::from_config(self.tls))
+            .handle(handle.clone())
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>());
+        let run_file = data.join("node.json");
+        let json = serde_json::to_vec_pretty(&info).unwrap_or_default();
+        std::fs::write(&run_file, json).map_err(io(format!("writing {}", run_file.display())))?;
+        let shutdown_handle = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            info!("shutting down");
+            shutdown_handle.graceful_shutdown(Some(Duration::from_secs(3)));
+        });
+        let served = server.await;
+        admin_task.abort();
+        let _ = std::fs::remove_file(&run_file);
+        let _ = std::fs::remove_file(data.join("admin.sock"));
+        if let Err(e) = self.state.store.flush().await {
+            warn!(error = %e, "final flush failed");
+        }
+        served.map_err(io("serving HTTPS"))
+    }
+}
