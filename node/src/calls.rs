@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use rand::RngCore;
 use signalling::{
-    Address, CallId, CallRecord, ClientToNode, Config as SbConfig, DeviceId, EndReason, ErrorCode, HistoryEntry,
-    HistoryKind, Input, Media, NodeToClient, Notice, Output, RequestId, Stats, Switchboard, Time,
+    Address, CallId, CallRecord, ClientToNode, Config as SbConfig, DeviceId, ErrorCode, HistoryEntry, HistoryKind,
+    Input, Media, NodeToClient, Notice, Output, RequestId, Route, Stats, Switchboard, Time,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -80,8 +80,8 @@ pub enum Command {
         id: RequestId,
         /// The callee.
         to: Address,
-        /// `None` if the callee exists here, else why it cannot be rung.
-        refused: Option<EndReason>,
+        /// How to reach the callee.
+        route: Route,
         /// Media offered.
         media: Media,
     },
@@ -270,10 +270,10 @@ impl Actor {
                 c.tx = None;
                 self.sb.handle_input(now, Input::DeviceLost { device });
             }
-            Command::Dial { device, id, to, refused, media } => {
+            Command::Dial { device, id, to, route, media } => {
                 let call = CallId(random_id(""));
                 info!(call = %call.0, to = %Pii(&to), "dial");
-                self.sb.handle_input(now, Input::Dial { device, id, call, callee: to, refused, media });
+                self.sb.handle_input(now, Input::Dial { device, id, call, callee: to, route, media });
             }
             Command::Request { device, msg } => self.sb.handle_input(now, Input::Request { device, msg }),
             Command::SessionsRevoked { ids } => {
@@ -384,8 +384,11 @@ impl Actor {
             outcome: r.outcome(),
         };
         info!(call = %r.call.0, outcome = ?r.outcome(), duration_ms = r.duration_ms(), "call finished");
-        let mut writes = vec![(r.caller.clone(), entry(HistoryKind::Sent, &r.callee))];
-        if r.callee_known {
+        let mut writes = Vec::new();
+        if r.caller_local {
+            writes.push((r.caller.clone(), entry(HistoryKind::Sent, &r.callee)));
+        }
+        if r.callee_local {
             let kind = if r.is_missed() { HistoryKind::Missed } else { HistoryKind::Received };
             writes.push((r.callee.clone(), entry(kind, &r.caller)));
         }

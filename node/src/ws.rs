@@ -11,7 +11,9 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use signalling::{Address, ClientToNode, DeviceId, EndReason, ErrorCode, NodeToClient, Signal, PROTOCOL_VERSION};
+use signalling::{
+    Address, ClientToNode, DeviceId, EndReason, ErrorCode, NodeToClient, Route, Signal, PROTOCOL_VERSION,
+};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, info_span, warn, Instrument};
 
@@ -299,14 +301,14 @@ impl Connection {
                         return Flow::Continue;
                     }
                 };
-                let refused = if &to.zone != zone {
+                let route = if &to.zone != zone {
                     // Other zones are reached through the mesh; without it,
                     // no node is known to hold that zone.
-                    Some(EndReason::UnknownZone)
+                    Route::Refused(EndReason::UnknownZone)
                 } else {
                     match self.state.store.user_exists(to.name.as_str()) {
-                        Ok(true) => None,
-                        Ok(false) => Some(EndReason::UnknownUser),
+                        Ok(true) => Route::Local,
+                        Ok(false) => Route::Refused(EndReason::UnknownUser),
                         Err(e) => {
                             warn!(error = %e, "user lookup failed");
                             let _ =
@@ -315,7 +317,7 @@ impl Connection {
                         }
                     }
                 };
-                self.state.calls.send(Command::Dial { device: device.clone(), id, to, refused, media }).await;
+                self.state.calls.send(Command::Dial { device: device.clone(), id, to, route, media }).await;
             }
             ClientToNode::Signal { id, call, signal } => {
                 let len = signal.payload_len();

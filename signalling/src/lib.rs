@@ -39,6 +39,7 @@
 //!     while let Some(out) = sb.poll_output() {
 //!         match out {
 //!             Output::Send { to, msg } => { /* write msg.to_json() to device `to` */ }
+//!             Output::ToNode { peer, msg } => { /* deliver to peer's home node over the mesh */ }
 //!             Output::CallFinished(record) => { /* history, missed-call notice */ }
 //!             Output::DeviceRemoved { device } => { /* drop its buffers */ }
 //!             _ => {}
@@ -53,7 +54,7 @@ pub mod switchboard;
 
 pub use address::{Address, AddressError, UserName, ZoneName};
 pub use msg::{
-    CallId, ClientToNode, DeviceId, EndReason, ErrorCode, HistoryEntry, HistoryKind, Media, NodeToClient, Notice,
-    Outcome, ParseError, RequestId, Signal, PROTOCOL_VERSION,
+    CallId, ClientToNode, DeviceId, EndReason, ErrorCode, HistoryEntry, HistoryKind, Media, NodeToClient, NodeToNode,
+    Notice, Outcome, ParseError, RequestId, Signal, PROTOCOL_VERSION,
 };
-pub use switchboard::{CallRecord, Config, Input, Output, Side, Stats, Switchboard, Time};
+pub use switchboard::{CallRecord, Config, Input, Output, Route, Side, Stats, Switchboard, Time};

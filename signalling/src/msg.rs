@@ -234,6 +234,65 @@ pub enum NodeToClient {
     },
 }
 
+/// Node to node: call signalling carried over the mesh between the
+/// caller's home node and the callee's home node. Each message is one
+/// request of the mesh's request-response protocol; its response is a
+/// delivery receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NodeToNode {
+    /// Caller's node → callee's node: ring this user.
+    Invite {
+        /// The call (chosen by the caller's node).
+        call: CallId,
+        /// The caller.
+        from: Address,
+        /// The callee (a user of the receiving node).
+        to: Address,
+        /// Media offered.
+        media: Media,
+    },
+    /// Callee's node → caller's node: at least one device rings.
+    Ringing {
+        /// The call.
+        call: CallId,
+    },
+    /// Callee's node → caller's node: a device accepted.
+    Accepted {
+        /// The call.
+        call: CallId,
+    },
+    /// Either way: the call ended, with the reason the receiving side's
+    /// party should be told.
+    Ended {
+        /// The call.
+        call: CallId,
+        /// Why.
+        reason: EndReason,
+    },
+    /// Either way: a signal for the other device of the connected call.
+    Signal {
+        /// The call.
+        call: CallId,
+        /// What to relay.
+        signal: Signal,
+    },
+}
+
+impl NodeToNode {
+    /// The call this message is about.
+    pub fn call(&self) -> &CallId {
+        match self {
+            Self::Invite { call, .. }
+            | Self::Ringing { call }
+            | Self::Accepted { call }
+            | Self::Ended { call, .. }
+            | Self::Signal { call, .. } => call,
+        }
+    }
+}
+
 /// Why a call ended, as each side is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use crate::address::Address;
 use crate::msg::{
-    CallId, ClientToNode, DeviceId, EndReason, ErrorCode, Media, NodeToClient, Outcome, RequestId, Signal,
+    CallId, ClientToNode, DeviceId, EndReason, ErrorCode, Media, NodeToClient, NodeToNode, Outcome, RequestId, Signal,
 };
 
 /// A point in time, in milliseconds from an arbitrary origin chosen by the
@@ -44,6 +44,10 @@ impl Default for Config {
     }
 }
 
+/// Extra time a caller's node waits beyond the ring timeout for a remote
+/// callee's node to report the end (its own timer normally fires first).
+pub const REMOTE_RING_MARGIN_MS: u64 = 5_000;
+
 /// What the driver tells the switchboard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -77,10 +81,8 @@ pub enum Input {
         call: CallId,
         /// Who to call.
         callee: Address,
-        /// `None` when the callee's account exists on this node; otherwise
-        /// why it cannot be rung at all (unknown user or zone, unreachable
-        /// zone), which ends the call at once.
-        refused: Option<EndReason>,
+        /// How to reach the callee.
+        route: Route,
         /// Media offered.
         media: Media,
     },
@@ -92,6 +94,45 @@ pub enum Input {
         /// The message.
         msg: ClientToNode,
     },
+    /// Another node invites a local user (a [`NodeToNode::Invite`] the
+    /// driver has checked came from the caller's home node).
+    Invited {
+        /// The call.
+        call: CallId,
+        /// The remote caller.
+        from: Address,
+        /// The local callee.
+        to: Address,
+        /// Media offered.
+        media: Media,
+        /// `None` when the callee's account exists here, else why not.
+        refused: Option<EndReason>,
+    },
+    /// A message from the other node of a call (anything but `Invite`). The
+    /// driver has checked it came from that call's other node.
+    FromNode {
+        /// The message.
+        msg: NodeToNode,
+    },
+    /// The other node of a call could not be found or reached: the call ends.
+    RouteFailed {
+        /// The call.
+        call: CallId,
+        /// [`EndReason::UnknownZone`], [`EndReason::UnknownUser`] or
+        /// [`EndReason::UnreachableZone`].
+        reason: EndReason,
+    },
+}
+
+/// How a dialled user is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The callee's account is on this node.
+    Local,
+    /// This node has no such account: the call is refused at once.
+    Refused(EndReason),
+    /// The callee lives on another node: signalling goes through the mesh.
+    Remote,
 }
 
 /// What the switchboard tells the driver to do.
@@ -105,7 +146,16 @@ pub enum Output {
         /// The message.
         msg: NodeToClient,
     },
-    /// A call ended: write history (and a missed-call notice).
+    /// Send `msg` to the home node of `peer`, the remote party of `msg`'s call.
+    ToNode {
+        /// The remote party (the callee on the caller's node, and the
+        /// caller on the callee's node).
+        peer: Address,
+        /// The message.
+        msg: NodeToNode,
+    },
+    /// A call ended: write history (and a missed-call notice) for its
+    /// local parties.
     CallFinished(CallRecord),
     /// A device is forgotten: the driver may drop what it keeps for it.
     DeviceRemoved {
@@ -114,7 +164,7 @@ pub enum Output {
     },
 }
 
-/// Which party ended a connected call.
+/// Which party of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// The caller.
@@ -132,9 +182,11 @@ pub struct CallRecord {
     pub caller: Address,
     /// Who was called.
     pub callee: Address,
-    /// Whether the callee's account exists on this node (no callee history
-    /// or notice otherwise).
-    pub callee_known: bool,
+    /// Whether the caller is a user of this node (history is written only
+    /// for local users).
+    pub caller_local: bool,
+    /// Whether the callee is a user of this node with an account here.
+    pub callee_local: bool,
     /// Media offered.
     pub media: Media,
     /// When it was placed.
@@ -145,8 +197,8 @@ pub struct CallRecord {
     pub ended_at: Time,
     /// Why it ended, as the caller was told.
     pub reason: EndReason,
-    /// Who ended it by hanging up, cancelling or vanishing (`None` when it
-    /// ended by itself: declined, no answer, refused).
+    /// Who ended it by hanging up, cancelling, declining remotely or
+    /// vanishing (`None` when it ended by itself: no answer, refused).
     pub ended_by: Option<Side>,
 }
 
@@ -177,9 +229,9 @@ impl CallRecord {
         }
     }
 
-    /// Whether the callee gets a missed-call notice.
+    /// Whether the callee gets a missed-call notice (on this node).
     pub fn is_missed(&self) -> bool {
-        self.callee_known && self.answered_at.is_none() && self.reason.is_missed()
+        self.callee_local && self.answered_at.is_none() && self.reason.is_missed()
     }
 }
 
@@ -210,17 +262,34 @@ struct Device {
     lost_until: Option<Time>,
 }
 
+/// Where one party of a call is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Leg {
+    /// A device on this node.
+    Local(DeviceId),
+    /// Behind another node of the mesh.
+    Remote,
+}
+
 #[derive(Debug)]
 enum Phase {
-    Ringing { devices: BTreeSet<DeviceId>, deadline: Time },
-    Connected { callee_device: DeviceId, since: Time },
+    /// `devices` are this node's ringing devices (none if the callee is remote).
+    Ringing {
+        devices: BTreeSet<DeviceId>,
+        deadline: Time,
+    },
+    Connected {
+        callee: Leg,
+        since: Time,
+    },
 }
 
 #[derive(Debug)]
 struct Call {
     caller: Address,
-    caller_device: DeviceId,
+    caller_leg: Leg,
     callee: Address,
+    callee_remote: bool,
     media: Media,
     placed_at: Time,
     phase: Phase,
@@ -251,10 +320,11 @@ impl Switchboard {
             Input::DeviceOnline { device, user } => self.device_online(device, user),
             Input::DeviceLost { device } => self.device_lost(device),
             Input::DeviceGone { device } => self.device_gone(&device),
-            Input::Dial { device, id, call, callee, refused, media } => {
-                self.dial(device, id, call, callee, refused, media)
-            }
+            Input::Dial { device, id, call, callee, route, media } => self.dial(device, id, call, callee, route, media),
             Input::Request { device, msg } => self.request(device, msg),
+            Input::Invited { call, from, to, media, refused } => self.invited(call, from, to, media, refused),
+            Input::FromNode { msg } => self.from_node(msg),
+            Input::RouteFailed { call, reason } => self.route_failed(&call, reason),
         }
     }
 
@@ -308,6 +378,18 @@ impl Switchboard {
         self.users.get(user).map_or(0, BTreeSet::len)
     }
 
+    /// The remote party of a call that crosses nodes, if `call` is one.
+    pub fn remote_party(&self, call: &CallId) -> Option<&Address> {
+        let c = self.calls.get(call)?;
+        if c.callee_remote {
+            Some(&c.callee)
+        } else if c.caller_leg == Leg::Remote {
+            Some(&c.caller)
+        } else {
+            None
+        }
+    }
+
     /// Counts for monitoring.
     pub fn stats(&self) -> Stats {
         let connected = self.calls.values().filter(|c| matches!(c.phase, Phase::Connected { .. })).count();
@@ -316,6 +398,10 @@ impl Switchboard {
 
     fn send(&mut self, to: &DeviceId, msg: NodeToClient) {
         self.out.push_back(Output::Send { to: to.clone(), msg });
+    }
+
+    fn to_node(&mut self, peer: &Address, msg: NodeToNode) {
+        self.out.push_back(Output::ToNode { peer: peer.clone(), msg });
     }
 
     fn reply_err(&mut self, to: &DeviceId, id: RequestId, code: ErrorCode, message: &str) {
@@ -336,7 +422,7 @@ impl Switchboard {
         let ringing: Vec<(CallId, Address, Media)> = self
             .calls
             .iter_mut()
-            .filter(|(_, c)| c.callee == user)
+            .filter(|(_, c)| c.callee == user && !c.callee_remote)
             .filter_map(|(id, c)| match &mut c.phase {
                 Phase::Ringing { devices, .. } => {
                     devices.insert(device.clone());
@@ -390,17 +476,15 @@ impl Switchboard {
         self.out.push_back(Output::DeviceRemoved { device: device.clone() });
     }
 
-    /// A party's device of `call_id` is gone for good.
+    /// A local party's device of `call_id` is gone for good.
     fn party_lost(&mut self, call_id: &CallId, device: &DeviceId) {
         let Some(call) = self.calls.get(call_id) else { return };
-        match &call.phase {
-            Phase::Ringing { .. } => {
-                // The caller vanished while it rang: the callee missed it.
-                self.finish(call_id, EndReason::Cancelled, Some(Side::Caller), EndReason::Cancelled);
-            }
-            Phase::Connected { .. } => {
-                let side = if call.caller_device == *device { Side::Caller } else { Side::Callee };
-                self.finish_connected(call_id, side, EndReason::ConnectionLost);
+        let side = if call.caller_leg == Leg::Local(device.clone()) { Side::Caller } else { Side::Callee };
+        match (&call.phase, side) {
+            // The caller vanished while it rang: the callee missed it.
+            (Phase::Ringing { .. }, _) => self.finish(call_id, EndReason::Cancelled, Some(side), EndReason::Cancelled),
+            (Phase::Connected { .. }, _) => {
+                self.finish(call_id, EndReason::ConnectionLost, Some(side), EndReason::ConnectionLost)
             }
         }
     }
@@ -411,20 +495,43 @@ impl Switchboard {
         let Some(call) = self.calls.get_mut(call_id) else { return };
         let Phase::Ringing { devices, .. } = &mut call.phase else { return };
         devices.remove(device);
-        if devices.is_empty() {
+        if devices.is_empty() && !call.callee_remote {
             self.finish(call_id, if_last, None, if_last);
         }
     }
 
-    fn dial(
+    /// Whether any device of `user` is a party of a call.
+    fn is_busy(&self, user: &Address) -> bool {
+        self.users.get(user).into_iter().flatten().any(|d| self.call_of(d).is_some())
+    }
+
+    /// Emits the record of a call refused before it could ring.
+    fn refused_record(
         &mut self,
-        device: DeviceId,
-        id: RequestId,
         call: CallId,
+        caller: Address,
         callee: Address,
-        refused: Option<EndReason>,
+        caller_local: bool,
+        callee_local: bool,
         media: Media,
+        reason: EndReason,
     ) {
+        self.out.push_back(Output::CallFinished(CallRecord {
+            call,
+            caller,
+            callee,
+            caller_local,
+            callee_local,
+            media,
+            placed_at: self.now,
+            answered_at: None,
+            ended_at: self.now,
+            reason,
+            ended_by: None,
+        }));
+    }
+
+    fn dial(&mut self, device: DeviceId, id: RequestId, call: CallId, callee: Address, route: Route, media: Media) {
         let Some(dev) = self.devices.get(&device) else { return };
         if dev.call.is_some() {
             return self.reply_err(&device, id, ErrorCode::AlreadyInCall, "this device is already in a call");
@@ -438,54 +545,134 @@ impl Switchboard {
         }
         self.send(&device, NodeToClient::CallPlaced { id, call: call.clone() });
         let online: BTreeSet<DeviceId> = self.online_devices(&callee).cloned().collect();
-        let busy = self.users.get(&callee).into_iter().flatten().any(|d| self.call_of(d).is_some());
-        let known = refused.is_none();
-        let refused = if refused.is_some() {
-            refused
-        } else if online.is_empty() {
-            Some(EndReason::Offline)
-        } else if busy {
-            Some(EndReason::Busy)
-        } else {
-            None
+        let refused = match route {
+            Route::Refused(reason) => Some(reason),
+            Route::Remote => None,
+            Route::Local if online.is_empty() => Some(EndReason::Offline),
+            Route::Local if self.is_busy(&callee) => Some(EndReason::Busy),
+            Route::Local => None,
         };
         if let Some(reason) = refused {
             self.send(&device, NodeToClient::Ended { call: call.clone(), reason });
-            let record = CallRecord {
-                call,
-                caller,
-                callee,
-                callee_known: known,
-                media,
-                placed_at: self.now,
-                answered_at: None,
-                ended_at: self.now,
-                reason,
-                ended_by: None,
-            };
-            self.out.push_back(Output::CallFinished(record));
-            return;
+            let local = route == Route::Local;
+            return self.refused_record(call, caller, callee, true, local, media, reason);
         }
-        let deadline = self.now.plus_ms(self.config.ring_timeout_ms);
-        for d in &online {
-            self.send(d, NodeToClient::Incoming { call: call.clone(), from: caller.clone(), media });
-        }
-        self.send(&device, NodeToClient::Ringing { call: call.clone() });
+        let remote = route == Route::Remote;
+        let deadline = if remote {
+            self.to_node(
+                &callee,
+                NodeToNode::Invite { call: call.clone(), from: caller.clone(), to: callee.clone(), media },
+            );
+            self.now.plus_ms(self.config.ring_timeout_ms + REMOTE_RING_MARGIN_MS)
+        } else {
+            for d in &online {
+                self.send(d, NodeToClient::Incoming { call: call.clone(), from: caller.clone(), media });
+            }
+            self.send(&device, NodeToClient::Ringing { call: call.clone() });
+            self.now.plus_ms(self.config.ring_timeout_ms)
+        };
         self.timers.insert((deadline, Timer::Ring(call.clone())));
         if let Some(dev) = self.devices.get_mut(&device) {
             dev.call = Some(call.clone());
         }
+        let devices = if remote { BTreeSet::new() } else { online };
         self.calls.insert(
             call,
             Call {
                 caller,
-                caller_device: device,
+                caller_leg: Leg::Local(device),
                 callee,
+                callee_remote: remote,
+                media,
+                placed_at: self.now,
+                phase: Phase::Ringing { devices, deadline },
+            },
+        );
+    }
+
+    fn invited(&mut self, call: CallId, from: Address, to: Address, media: Media, refused: Option<EndReason>) {
+        if self.calls.contains_key(&call) {
+            return; // A retried invite that was already delivered.
+        }
+        let online: BTreeSet<DeviceId> = self.online_devices(&to).cloned().collect();
+        let refused = refused
+            .or_else(|| online.is_empty().then_some(EndReason::Offline))
+            .or_else(|| self.is_busy(&to).then_some(EndReason::Busy));
+        if let Some(reason) = refused {
+            self.to_node(&from, NodeToNode::Ended { call: call.clone(), reason });
+            let local = reason != EndReason::UnknownUser;
+            return self.refused_record(call, from, to, false, local, media, reason);
+        }
+        let deadline = self.now.plus_ms(self.config.ring_timeout_ms);
+        for d in &online {
+            self.send(d, NodeToClient::Incoming { call: call.clone(), from: from.clone(), media });
+        }
+        self.to_node(&from, NodeToNode::Ringing { call: call.clone() });
+        self.timers.insert((deadline, Timer::Ring(call.clone())));
+        self.calls.insert(
+            call,
+            Call {
+                caller: from,
+                caller_leg: Leg::Remote,
+                callee: to,
+                callee_remote: false,
                 media,
                 placed_at: self.now,
                 phase: Phase::Ringing { devices: online, deadline },
             },
         );
+    }
+
+    fn from_node(&mut self, msg: NodeToNode) {
+        let Some(call) = self.calls.get_mut(msg.call()) else { return };
+        // Which side is remote decides what the message may do.
+        let remote_side = if call.callee_remote { Side::Callee } else { Side::Caller };
+        let caller_device = match &call.caller_leg {
+            Leg::Local(d) => Some(d.clone()),
+            Leg::Remote => None,
+        };
+        match (msg, remote_side) {
+            (NodeToNode::Ringing { call: id }, Side::Callee) => {
+                if let (Phase::Ringing { .. }, Some(d)) = (&call.phase, caller_device) {
+                    self.send(&d, NodeToClient::Ringing { call: id });
+                }
+            }
+            (NodeToNode::Accepted { call: id }, Side::Callee) => {
+                if let Phase::Ringing { deadline, .. } = call.phase {
+                    self.timers.remove(&(deadline, Timer::Ring(id.clone())));
+                    call.phase = Phase::Connected { callee: Leg::Remote, since: self.now };
+                    if let Some(d) = caller_device {
+                        self.send(&d, NodeToClient::Accepted { call: id });
+                    }
+                }
+            }
+            (NodeToNode::Ended { call: id, reason }, side) => self.finish(&id, reason, Some(side), reason),
+            (NodeToNode::Signal { call: id, signal }, side) => {
+                let target = match (&call.phase, side) {
+                    (Phase::Connected { .. }, Side::Callee) => caller_device,
+                    (Phase::Connected { callee: Leg::Local(d), .. }, Side::Caller) => Some(d.clone()),
+                    _ => None,
+                };
+                if let Some(d) = target {
+                    self.send(&d, NodeToClient::Signal { call: id, signal });
+                }
+            }
+            // Ringing or Accepted from a caller's node, or an Invite here:
+            // not something the remote side may say; ignored.
+            _ => {}
+        }
+    }
+
+    fn route_failed(&mut self, call_id: &CallId, reason: EndReason) {
+        let Some(call) = self.calls.get(call_id) else { return };
+        let side = if call.callee_remote { Side::Callee } else { Side::Caller };
+        let connected = matches!(call.phase, Phase::Connected { .. });
+        let (to_caller, to_callee) = match (connected, side) {
+            (true, _) => (EndReason::ConnectionLost, EndReason::ConnectionLost),
+            (false, Side::Callee) => (reason, reason),
+            (false, Side::Caller) => (EndReason::Cancelled, EndReason::Cancelled),
+        };
+        self.finish(call_id, to_caller, Some(side), to_callee);
     }
 
     fn request(&mut self, device: DeviceId, msg: ClientToNode) {
@@ -513,6 +700,7 @@ impl Switchboard {
         if !self.is_ringing_on(&call_id, &device) {
             let elsewhere = self.calls.get(&call_id).is_some_and(|c| {
                 matches!(c.phase, Phase::Connected { .. })
+                    && !c.callee_remote
                     && self.devices.get(&device).is_some_and(|d| d.user == c.callee)
             });
             return if elsewhere {
@@ -528,13 +716,17 @@ impl Switchboard {
         let Phase::Ringing { devices, deadline } = &call.phase else { return };
         let others: Vec<DeviceId> = devices.iter().filter(|d| **d != device).cloned().collect();
         self.timers.remove(&(*deadline, Timer::Ring(call_id.clone())));
-        call.phase = Phase::Connected { callee_device: device.clone(), since: self.now };
-        let caller_device = call.caller_device.clone();
+        call.phase = Phase::Connected { callee: Leg::Local(device.clone()), since: self.now };
+        let caller_leg = call.caller_leg.clone();
+        let caller = call.caller.clone();
         if let Some(d) = self.devices.get_mut(&device) {
             d.call = Some(call_id.clone());
         }
         self.send(&device, NodeToClient::Ok { id });
-        self.send(&caller_device, NodeToClient::Accepted { call: call_id.clone() });
+        match caller_leg {
+            Leg::Local(d) => self.send(&d, NodeToClient::Accepted { call: call_id.clone() }),
+            Leg::Remote => self.to_node(&caller, NodeToNode::Accepted { call: call_id.clone() }),
+        }
         for d in others {
             self.send(&d, NodeToClient::Ended { call: call_id.clone(), reason: EndReason::AnsweredElsewhere });
         }
@@ -555,36 +747,38 @@ impl Switchboard {
         let Some(call) = self.calls.get(&call_id) else {
             return self.reply_err(&device, id, ErrorCode::NotInCall, "no such call on this device");
         };
-        let side = if call.caller_device == device {
+        let me = Leg::Local(device.clone());
+        let side = if call.caller_leg == me {
             Side::Caller
-        } else if matches!(&call.phase, Phase::Connected { callee_device, .. } if *callee_device == device) {
+        } else if matches!(&call.phase, Phase::Connected { callee, .. } if *callee == me) {
             Side::Callee
         } else {
             return self.reply_err(&device, id, ErrorCode::NotInCall, "no such call on this device");
         };
         let ringing = matches!(call.phase, Phase::Ringing { .. });
         self.send(&device, NodeToClient::Ok { id });
-        if ringing {
-            self.finish(&call_id, EndReason::Cancelled, Some(Side::Caller), EndReason::Cancelled);
-        } else {
-            self.finish_connected(&call_id, side, EndReason::HungUp);
-        }
+        let reason = if ringing { EndReason::Cancelled } else { EndReason::HungUp };
+        self.finish(&call_id, reason, Some(side), reason);
     }
 
     fn relay(&mut self, device: DeviceId, id: RequestId, call_id: CallId, signal: Signal) {
         let Some(call) = self.calls.get(&call_id) else {
             return self.reply_err(&device, id, ErrorCode::NotInCall, "no such call on this device");
         };
-        let peer = match &call.phase {
-            Phase::Connected { callee_device, .. } if *callee_device == device => call.caller_device.clone(),
-            Phase::Connected { callee_device, .. } if call.caller_device == device => callee_device.clone(),
-            Phase::Ringing { devices, .. } if call.caller_device == device || devices.contains(&device) => {
+        let me = Leg::Local(device.clone());
+        let (peer_leg, peer) = match &call.phase {
+            Phase::Connected { callee, .. } if *callee == me => (call.caller_leg.clone(), call.caller.clone()),
+            Phase::Connected { callee, .. } if call.caller_leg == me => (callee.clone(), call.callee.clone()),
+            Phase::Ringing { devices, .. } if call.caller_leg == me || devices.contains(&device) => {
                 return self.reply_err(&device, id, ErrorCode::CallNotConnected, "the call has not been answered yet");
             }
             _ => return self.reply_err(&device, id, ErrorCode::NotInCall, "no such call on this device"),
         };
         self.send(&device, NodeToClient::Ok { id });
-        self.send(&peer, NodeToClient::Signal { call: call_id, signal });
+        match peer_leg {
+            Leg::Local(d) => self.send(&d, NodeToClient::Signal { call: call_id, signal }),
+            Leg::Remote => self.to_node(&peer, NodeToNode::Signal { call: call_id, signal }),
+        }
     }
 
     fn ring_expired(&mut self, call_id: &CallId) {
@@ -593,15 +787,10 @@ impl Switchboard {
         }
     }
 
-    /// Ends a connected call that `side` ended (hung up, or lost).
-    fn finish_connected(&mut self, call_id: &CallId, side: Side, reason: EndReason) {
-        self.finish(call_id, reason, Some(side), reason);
-    }
-
     /// Removes a call, tells whoever still needs telling, emits its record.
     /// `to_caller` is what the caller hears, `to_callee` what ringing or
-    /// connected callee devices hear; the party that ended the call
-    /// (`ended_by`) is not told.
+    /// connected callee devices (or the callee's node) hear; the party that
+    /// ended the call (`ended_by`) is not told.
     fn finish(&mut self, call_id: &CallId, to_caller: EndReason, ended_by: Option<Side>, to_callee: EndReason) {
         let Some(call) = self.calls.remove(call_id) else { return };
         let answered_at = match &call.phase {
@@ -613,9 +802,14 @@ impl Switchboard {
         };
         let callee_devices: Vec<DeviceId> = match call.phase {
             Phase::Ringing { devices, .. } => devices.into_iter().collect(),
-            Phase::Connected { callee_device, .. } => vec![callee_device],
+            Phase::Connected { callee: Leg::Local(d), .. } => vec![d],
+            Phase::Connected { callee: Leg::Remote, .. } => Vec::new(),
         };
-        for d in callee_devices.iter().chain(std::iter::once(&call.caller_device)) {
+        let mut parties = callee_devices.clone();
+        if let Leg::Local(d) = &call.caller_leg {
+            parties.push(d.clone());
+        }
+        for d in &parties {
             if let Some(dev) = self.devices.get_mut(d) {
                 if dev.call.as_ref() == Some(call_id) {
                     dev.call = None;
@@ -623,16 +817,25 @@ impl Switchboard {
             }
         }
         if ended_by != Some(Side::Caller) {
-            self.send(&call.caller_device, NodeToClient::Ended { call: call_id.clone(), reason: to_caller });
+            let msg = NodeToClient::Ended { call: call_id.clone(), reason: to_caller };
+            match &call.caller_leg {
+                Leg::Local(d) => self.send(d, msg),
+                Leg::Remote => {
+                    self.to_node(&call.caller, NodeToNode::Ended { call: call_id.clone(), reason: to_caller })
+                }
+            }
         }
         if ended_by != Some(Side::Callee) {
             for d in &callee_devices {
                 self.send(d, NodeToClient::Ended { call: call_id.clone(), reason: to_callee });
             }
+            if call.callee_remote {
+                self.to_node(&call.callee, NodeToNode::Ended { call: call_id.clone(), reason: to_callee });
+            }
         }
         // A device whose connection is gone and whose call just ended has
         // nothing left to resume.
-        for d in callee_devices.iter().chain(std::iter::once(&call.caller_device)) {
+        for d in &parties {
             if self.devices.get(d).is_some_and(|dev| dev.lost_until.is_some() && dev.call.is_none()) {
                 self.device_gone(d);
             }
@@ -641,7 +844,8 @@ impl Switchboard {
             call: call_id.clone(),
             caller: call.caller,
             callee: call.callee,
-            callee_known: true,
+            caller_local: call.caller_leg != Leg::Remote,
+            callee_local: !call.callee_remote,
             media: call.media,
             placed_at: call.placed_at,
             answered_at,

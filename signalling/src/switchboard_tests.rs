@@ -12,6 +12,7 @@ struct Harness {
     sent: Vec<(DeviceId, NodeToClient)>,
     records: Vec<CallRecord>,
     removed: Vec<DeviceId>,
+    to_nodes: Vec<(Address, NodeToNode)>,
     next_call: u64,
     next_req: u64,
 }
@@ -32,6 +33,7 @@ impl Harness {
             sent: Vec::new(),
             records: Vec::new(),
             removed: Vec::new(),
+            to_nodes: Vec::new(),
             next_call: 0,
             next_req: 100,
         }
@@ -43,6 +45,7 @@ impl Harness {
                 Output::Send { to, msg } => self.sent.push((to, msg)),
                 Output::CallFinished(r) => self.records.push(r),
                 Output::DeviceRemoved { device } => self.removed.push(device),
+                Output::ToNode { peer, msg } => self.to_nodes.push((peer, msg)),
             }
         }
     }
@@ -80,7 +83,7 @@ impl Harness {
             id: self.next_req,
             call: call.clone(),
             callee: addr(to),
-            refused: (!known).then_some(EndReason::UnknownUser),
+            route: if known { Route::Local } else { Route::Refused(EndReason::UnknownUser) },
             media: AUDIO,
         });
         call
@@ -413,6 +416,196 @@ fn non_call_requests_get_typed_errors() {
         })
         .collect();
     assert_eq!(codes, vec![ErrorCode::NotInCall; 4]);
+}
+
+/// Two nodes: zone `a` (alice: a1) and zone `b` (bob: b1, b2), with the
+/// mesh replaced by handing each node's `ToNode` outputs to the other.
+struct Mesh {
+    a: Harness,
+    b: Harness,
+    b_users: Vec<&'static str>,
+}
+
+impl Mesh {
+    fn new() -> Self {
+        let mut m = Self { a: Harness::new(), b: Harness::new(), b_users: vec!["bob@b"] };
+        m.a.online("a1", "alice@a");
+        m.b.online("b1", "bob@b");
+        m.b.online("b2", "bob@b");
+        m.a.take();
+        m.b.take();
+        m
+    }
+
+    fn deliver(to: &mut Harness, msg: NodeToNode, known: &[&str]) {
+        let input = match msg {
+            NodeToNode::Invite { call, from, to: callee, media } => {
+                let refused = (!known.contains(&callee.to_string().as_str())).then_some(EndReason::UnknownUser);
+                Input::Invited { call, from, to: callee, media, refused }
+            }
+            msg => Input::FromNode { msg },
+        };
+        to.input(input);
+    }
+
+    /// Moves node-to-node messages until both sides are quiet.
+    fn pump(&mut self) {
+        loop {
+            let from_a = std::mem::take(&mut self.a.to_nodes);
+            let from_b = std::mem::take(&mut self.b.to_nodes);
+            if from_a.is_empty() && from_b.is_empty() {
+                return;
+            }
+            for (_, msg) in from_a {
+                Self::deliver(&mut self.b, msg, &self.b_users);
+            }
+            for (_, msg) in from_b {
+                Self::deliver(&mut self.a, msg, &["alice@a"]);
+            }
+        }
+    }
+
+    fn dial(&mut self, to: &str) -> CallId {
+        self.a.next_call += 1;
+        let call = CallId(format!("x{}", self.a.next_call));
+        self.a.input(Input::Dial {
+            device: dev("a1"),
+            id: 1,
+            call: call.clone(),
+            callee: addr(to),
+            route: Route::Remote,
+            media: AUDIO,
+        });
+        self.pump();
+        call
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.a.advance(ms);
+        self.b.advance(ms);
+        self.pump();
+    }
+}
+
+#[test]
+fn cross_node_call_rings_all_connects_and_relays_only_between_the_two() {
+    let mut m = Mesh::new();
+    let c = m.dial("bob@b");
+    let a_sent = m.a.take();
+    assert!(a_sent.contains(&to("a1", NodeToClient::CallPlaced { id: 1, call: c.clone() })));
+    assert!(a_sent.contains(&to("a1", NodeToClient::Ringing { call: c.clone() })), "ringing comes back from b");
+    let b_sent = m.b.take();
+    for d in ["b1", "b2"] {
+        assert!(
+            b_sent.contains(&to(d, NodeToClient::Incoming { call: c.clone(), from: addr("alice@a"), media: AUDIO }))
+        );
+    }
+    m.advance(3_000);
+    m.b.accept("b2", &c);
+    m.pump();
+    assert!(m.b.take().contains(&to("b1", ended(&c, EndReason::AnsweredElsewhere))));
+    assert_eq!(m.a.take(), vec![to("a1", NodeToClient::Accepted { call: c.clone() })]);
+    m.a.signal("a1", &c, "offer");
+    m.pump();
+    let b_sent = m.b.take();
+    assert_eq!(
+        b_sent,
+        vec![to("b2", NodeToClient::Signal { call: c.clone(), signal: Signal::Chat { text: "offer".into() } })]
+    );
+    m.b.signal("b2", &c, "answer");
+    m.pump();
+    assert!(m
+        .a
+        .take()
+        .contains(&to("a1", NodeToClient::Signal { call: c.clone(), signal: Signal::Chat { text: "answer".into() } })));
+    m.b.signal("b1", &c, "intrude");
+    assert_eq!(error_code(&m.b.take(), "b1"), Some(ErrorCode::NotInCall));
+    m.advance(7_000);
+    m.b.hangup("b2", &c);
+    m.pump();
+    assert_eq!(m.a.take(), vec![to("a1", ended(&c, EndReason::HungUp))]);
+    let (ra, rb) = (&m.a.records[0], &m.b.records[0]);
+    assert!(ra.caller_local && !ra.callee_local);
+    assert!(!rb.caller_local && rb.callee_local);
+    assert_eq!((ra.outcome(), rb.outcome()), (Outcome::HungUpByCallee, Outcome::HungUpByCallee));
+    assert_eq!(ra.duration_ms(), 7_000);
+    assert_eq!(rb.duration_ms(), 7_000);
+    assert_eq!((m.a.sb.stats(), m.b.sb.stats().connected), (Stats { devices: 1, ringing: 0, connected: 0 }, 0));
+}
+
+#[test]
+fn cross_node_refusals_reach_the_caller() {
+    let mut m = Mesh::new();
+    let c = m.dial("nobody@b");
+    assert!(m.a.take().contains(&to("a1", ended(&c, EndReason::UnknownUser))));
+    assert!(!m.b.records[0].is_missed());
+    m.b_users.push("carol@b");
+    let c = m.dial("carol@b");
+    assert!(m.a.take().contains(&to("a1", ended(&c, EndReason::Offline))));
+    assert!(m.b.records[1].is_missed(), "offline callee gets a notice on its own node");
+    m.b.online("c1", "carol@b");
+    m.b.online("d1", "dave@b");
+    m.b.dial("c1", "dave@b");
+    let c = m.dial("carol@b");
+    assert!(m.a.take().contains(&to("a1", ended(&c, EndReason::Busy))));
+    assert_eq!(m.a.sb.call_of(&dev("a1")), None);
+}
+
+#[test]
+fn cross_node_cancel_decline_and_no_answer() {
+    let mut m = Mesh::new();
+    let c = m.dial("bob@b");
+    m.b.take();
+    m.a.hangup("a1", &c);
+    m.pump();
+    let b_sent = m.b.take();
+    assert!(b_sent.contains(&to("b1", ended(&c, EndReason::Cancelled))));
+    assert!(m.b.records[0].is_missed());
+    let c = m.dial("bob@b");
+    m.a.take();
+    m.b.reject("b1", &c);
+    m.b.reject("b2", &c);
+    m.pump();
+    assert!(m.a.take().contains(&to("a1", ended(&c, EndReason::Declined))));
+    let c = m.dial("bob@b");
+    m.a.take();
+    m.advance(30_000);
+    assert!(m.a.take().contains(&to("a1", ended(&c, EndReason::NoAnswer))));
+    assert_eq!(m.a.records.last().map(CallRecord::outcome), Some(Outcome::NoAnswer));
+    assert_eq!(m.a.sb.poll_timeout(), None, "the caller's margin timer is cleared");
+}
+
+#[test]
+fn cross_node_failures() {
+    let mut m = Mesh::new();
+    m.a.input(Input::Dial {
+        device: dev("a1"),
+        id: 1,
+        call: CallId("u".into()),
+        callee: addr("bob@b"),
+        route: Route::Remote,
+        media: AUDIO,
+    });
+    m.a.to_nodes.clear();
+    m.a.input(Input::RouteFailed { call: CallId("u".into()), reason: EndReason::UnreachableZone });
+    assert!(m.a.take().contains(&to("a1", ended(&CallId("u".into()), EndReason::UnreachableZone))));
+    assert!(m.a.to_nodes.is_empty(), "nothing sent to an unreachable node");
+    // The callee's node disappears mid-call.
+    let c = m.dial("bob@b");
+    m.b.accept("b1", &c);
+    m.pump();
+    m.a.take();
+    m.a.input(Input::RouteFailed { call: c.clone(), reason: EndReason::UnreachableZone });
+    assert!(m.a.take().contains(&to("a1", ended(&c, EndReason::ConnectionLost))));
+    // And the caller's node disappears on the callee side.
+    let mut m = Mesh::new();
+    let c = m.dial("bob@b");
+    m.b.take();
+    m.b.input(Input::RouteFailed { call: c.clone(), reason: EndReason::UnreachableZone });
+    assert!(m.b.take().contains(&to("b1", ended(&c, EndReason::Cancelled))));
+    // A message about a call nobody knows is ignored.
+    m.b.input(Input::FromNode { msg: NodeToNode::Accepted { call: CallId("ghost".into()) } });
+    assert!(m.b.take().is_empty());
 }
 
 #[derive(Debug, Clone)]
