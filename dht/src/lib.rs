@@ -1,1 +1,35 @@
-//! placeholder
+//! The Xarxa mesh: zone nodes join one libp2p Kademlia DHT (QUIC and TCP
+//! with noise and yamux, identify, ping, mDNS, circuit relay v2, DCUtR,
+//! AutoNAT), keep signed records of which node holds which zone and user,
+//! and carry call signalling between nodes.
+//!
+//! - [`record`]: zone claims and user records, signed with the node's
+//!   ed25519 key, and [`record::validate`], which every node applies to
+//!   every record it is asked to store and every record a lookup returns.
+//! - [`store`]: the Kademlia record store, persisted in sled.
+//! - [`behaviour`]: the composed [`behaviour::Behaviour`] and the
+//!   `/xarxa/signal/1` request-response protocol (a [`signalling::NodeToNode`]
+//!   message per request, a delivery receipt per response).
+//! - [`mesh`]: the swarm task and the [`Mesh`] handle: publish, resolve,
+//!   deliver, status.
+//!
+//! # The model
+//!
+//! A node claims its zone name (first claim wins; only the same key may
+//! renew; an unrenewed claim lapses) and publishes one record per local
+//! user, both renewed every `republish`. To call `bob@sants`, the caller's
+//! node resolves `bob@sants` (one lookup, cached, checked against the
+//! cached claim of `sants`) and sends the call's messages to that node; the
+//! callee's node answers to the peer that invited it.
+
+// The derive macro generates an undocumented event enum; the module's own
+// items are documented.
+#[allow(missing_docs)]
+pub mod behaviour;
+pub mod mesh;
+pub mod record;
+pub mod store;
+
+pub use behaviour::{Envelope, Receipt};
+pub use mesh::{ClaimState, Inbound, Mesh, MeshConfig, MeshError, MeshStatus, Responder, RouteError};
+pub use record::{MeshRecord, RecordError, RejectionCounts};

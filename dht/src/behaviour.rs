@@ -1,0 +1,130 @@
+//! The composed libp2p behaviour of a zone node and its signalling protocol.
+
+use std::time::Duration;
+
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{autonat, connection_limits, dcutr, identify, identity, kad, mdns, ping, relay, PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use signalling::NodeToNode;
+
+use crate::store::PersistentStore;
+
+/// The Kademlia protocol name: Xarxa's own DHT, apart from any other.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/xarxa/kad/1.0.0");
+/// The inter-node signalling protocol.
+pub const SIGNAL_PROTOCOL: StreamProtocol = StreamProtocol::new("/xarxa/signal/1");
+/// The identify protocol version string.
+pub const IDENTIFY_VERSION: &str = "/xarxa/id/1.0.0";
+/// Largest signalling request, in bytes.
+pub const MAX_SIGNAL_BYTES: u64 = 64 * 1024;
+
+/// One signalling request between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The message.
+    pub msg: NodeToNode,
+}
+
+/// The delivery receipt answering an [`Envelope`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "receipt", rename_all = "snake_case")]
+pub enum Receipt {
+    /// The receiving node took the message.
+    Delivered,
+    /// The receiving node refused it (unknown call, wrong sender, …).
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Everything a zone node speaks on the mesh.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Connection limits (first, so it can deny early).
+    pub limits: connection_limits::Behaviour,
+    /// The DHT holding zone claims and user records.
+    pub kad: kad::Behaviour<PersistentStore>,
+    /// Exchanges listen addresses and protocols.
+    pub identify: identify::Behaviour,
+    /// Liveness.
+    pub ping: ping::Behaviour,
+    /// Call signalling between nodes.
+    pub signal: request_response::json::Behaviour<Envelope, Receipt>,
+    /// Reaching nodes behind NAT through a relay.
+    pub relay_client: relay::client::Behaviour,
+    /// Serving as a relay for others (optional).
+    pub relay: Toggle<relay::Behaviour>,
+    /// Hole punching over a relayed connection.
+    pub dcutr: dcutr::Behaviour,
+    /// Learning whether we are reachable.
+    pub autonat: autonat::Behaviour,
+    /// Finding zones on the local network (optional).
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Switches and limits for [`Behaviour::new`].
+#[derive(Debug, Clone)]
+pub struct BehaviourConfig {
+    /// Serve as a circuit relay.
+    pub relay_server: bool,
+    /// Run mDNS discovery.
+    pub mdns: bool,
+    /// Established connections in total.
+    pub max_connections: u32,
+    /// How long a signalling request may take.
+    pub request_timeout: Duration,
+}
+
+impl Behaviour {
+    /// Builds the behaviour for `key`, with its record store.
+    pub fn new(
+        key: &identity::Keypair,
+        relay_client: relay::client::Behaviour,
+        store: PersistentStore,
+        config: &BehaviourConfig,
+    ) -> std::io::Result<Self> {
+        let peer = PeerId::from(key.public());
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_publication_interval(None)
+            .set_record_ttl(None)
+            .set_query_timeout(Duration::from_secs(10))
+            .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+        let mut kad = kad::Behaviour::with_config(peer, store, kad_config);
+        kad.set_mode(Some(kad::Mode::Server));
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(config.max_connections))
+            .with_max_established_per_peer(Some(4))
+            .with_max_pending_incoming(Some(64));
+        let codec = request_response::json::codec::Codec::default()
+            .set_request_size_maximum(MAX_SIGNAL_BYTES)
+            .set_response_size_maximum(4 * 1024);
+        let signal = request_response::Behaviour::with_codec(
+            codec,
+            [(SIGNAL_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(config.request_timeout)
+                .with_max_concurrent_streams(256),
+        );
+        let mdns = if config.mdns { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?) } else { None };
+        let relay = config.relay_server.then(|| relay::Behaviour::new(peer, relay::Config::default()));
+        Ok(Self {
+            limits: connection_limits::Behaviour::new(limits),
+            kad,
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_VERSION.into(), key.public()).with_interval(Duration::from_secs(300)),
+            ),
+            ping: ping::Behaviour::new(ping::Config::new()),
+            signal,
+            relay_client,
+            relay: Toggle::from(relay),
+            dcutr: dcutr::Behaviour::new(peer),
+            autonat: autonat::Behaviour::new(peer, autonat::Config::default()),
+            mdns: Toggle::from(mdns),
+        })
+    }
+}

@@ -1,0 +1,890 @@
+//! The running mesh: a swarm task that owns the libp2p [`Swarm`], and a
+//! cheap [`Mesh`] handle that the node uses to publish its records, resolve
+//! users of other zones and deliver signalling to their home nodes.
+//!
+//! The swarm task only moves bytes: it runs queries, filters inbound puts
+//! through [`validate`], and forwards signalling requests. Resolution policy
+//! (which claim wins, which user record is good, caching) lives in the
+//! handle, in ordinary async code.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use futures::StreamExt;
+use libp2p::core::Multiaddr;
+use libp2p::kad::store::RecordStore;
+use libp2p::kad::{self, GetRecordOk, QueryResult, Quorum, RecordKey};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, identity, mdns, noise, tcp, yamux, PeerId, Swarm};
+use serde::{Deserialize, Serialize};
+use signalling::{Address, EndReason, NodeToNode, UserName, ZoneName};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::behaviour::{Behaviour, BehaviourConfig, BehaviourEvent, Envelope, Receipt};
+use crate::record::{
+    node_hex, user_key, validate, zone_key, MeshRecord, RecordError, RejectionCounts, Rejections, SignedZoneClaim,
+    UserRecord, ZoneClaim,
+};
+use crate::store::{expiry_instant, PersistentStore};
+
+/// Inbound signalling requests queued for the node before the mesh
+/// answers "busy".
+const INBOUND_QUEUE: usize = 1024;
+/// Commands queued for the swarm task.
+const COMMAND_QUEUE: usize = 1024;
+
+/// How a node takes part in the mesh.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// This node's zone.
+    pub zone: ZoneName,
+    /// Where to listen (TCP and QUIC multiaddresses).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through, each ending in `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Relays to listen through (for a node others cannot dial), each
+    /// ending in `/p2p/<peer id>`.
+    pub relays: Vec<Multiaddr>,
+    /// Extra addresses to advertise (e.g. a public or mesh address).
+    pub external: Vec<Multiaddr>,
+    /// Find zones on the local network with mDNS.
+    pub mdns: bool,
+    /// Serve as a circuit relay for nodes behind NAT.
+    pub relay_server: bool,
+    /// Lifetime of the zone claim.
+    pub claim_ttl: Duration,
+    /// Lifetime of user records.
+    pub user_ttl: Duration,
+    /// How often records are renewed.
+    pub republish: Duration,
+    /// How long a resolved user stays cached.
+    pub cache_ttl: Duration,
+    /// How long one signalling request may take.
+    pub request_timeout: Duration,
+    /// Extra tries of a failed delivery.
+    pub retries: u32,
+    /// Established connections in total.
+    pub max_connections: u32,
+}
+
+impl MeshConfig {
+    /// Defaults for `zone`: TCP and QUIC on port 7447 of every interface.
+    pub fn new(zone: ZoneName) -> Self {
+        let any = Ipv4Addr::UNSPECIFIED;
+        Self {
+            zone,
+            listen: vec![
+                Multiaddr::empty().with(Protocol::Ip4(any)).with(Protocol::Tcp(7447)),
+                Multiaddr::empty().with(Protocol::Ip4(any)).with(Protocol::Udp(7447)).with(Protocol::QuicV1),
+            ],
+            bootstrap: Vec::new(),
+            relays: Vec::new(),
+            external: Vec::new(),
+            mdns: true,
+            relay_server: true,
+            claim_ttl: Duration::from_secs(24 * 3600),
+            user_ttl: Duration::from_secs(6 * 3600),
+            republish: Duration::from_secs(3600),
+            cache_ttl: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(5),
+            retries: 2,
+            max_connections: 256,
+        }
+    }
+}
+
+/// Why the mesh could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    /// The key could not become a libp2p identity.
+    #[error("node key: {0}")]
+    Key(String),
+    /// A transport could not be set up.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// A listen address was refused.
+    #[error("listen on {addr}: {why}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Why a message could not be delivered to a user's home node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// No node holds the zone.
+    #[error("unknown zone")]
+    UnknownZone,
+    /// The zone's node publishes no such user.
+    #[error("unknown user")]
+    UnknownUser,
+    /// The node could not be reached.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The node refused the message.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The mesh is shutting down.
+    #[error("mesh stopped")]
+    Stopped,
+}
+
+impl RouteError {
+    /// What the caller is told.
+    pub fn end_reason(&self) -> EndReason {
+        match self {
+            Self::UnknownZone => EndReason::UnknownZone,
+            Self::UnknownUser => EndReason::UnknownUser,
+            _ => EndReason::UnreachableZone,
+        }
+    }
+}
+
+/// A signalling message from another node, to be answered with a receipt.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The sending node (authenticated by the transport).
+    pub peer: PeerId,
+    /// The message.
+    pub msg: NodeToNode,
+    /// Where the receipt goes.
+    pub reply: Responder,
+}
+
+/// Sends the delivery receipt of one [`Inbound`] message.
+#[derive(Debug)]
+pub struct Responder {
+    channel: ResponseChannel<Receipt>,
+    cmd: mpsc::Sender<Cmd>,
+}
+
+impl Responder {
+    /// Answers the sender.
+    pub async fn send(self, receipt: Receipt) {
+        let _ = self.cmd.send(Cmd::Respond { channel: self.channel, receipt }).await;
+    }
+}
+
+/// The state of this node's zone claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimState {
+    /// Not published yet (no peers so far).
+    Pending,
+    /// Published and held by this node.
+    Held,
+    /// Another node holds the zone name.
+    Taken {
+        /// That node's peer id.
+        by: String,
+    },
+}
+
+/// What `xarxa mesh status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MeshStatus {
+    /// This node's peer id.
+    pub peer_id: String,
+    /// This node's zone.
+    pub zone: String,
+    /// The zone claim.
+    pub claim: ClaimState,
+    /// Addresses this node listens on.
+    pub listen: Vec<String>,
+    /// Peers connected now.
+    pub peers: Vec<String>,
+    /// Entries in the Kademlia routing table.
+    pub routing_table: usize,
+    /// Records in the local store.
+    pub stored_records: usize,
+    /// Users whose records this node publishes.
+    pub published_users: usize,
+    /// Records refused, by cause.
+    pub rejected: RejectionCounts,
+    /// Signalling messages delivered to other nodes.
+    pub delivered: u64,
+    /// Signalling deliveries that failed after retries.
+    pub failed_deliveries: u64,
+    /// Lookups made, and how many found nothing.
+    pub lookups: u64,
+    /// Lookups that found nothing.
+    pub failed_lookups: u64,
+}
+
+#[derive(Debug)]
+enum Cmd {
+    Get { key: Vec<u8>, reply: oneshot::Sender<Vec<Vec<u8>>> },
+    Put { key: Vec<u8>, value: Vec<u8>, expires_at_ms: u64, reply: oneshot::Sender<Result<(), String>> },
+    Send { peer: PeerId, addrs: Vec<Multiaddr>, msg: NodeToNode, reply: oneshot::Sender<Result<Receipt, String>> },
+    Respond { channel: ResponseChannel<Receipt>, receipt: Receipt },
+    Status { reply: oneshot::Sender<SwarmStatus> },
+}
+
+#[derive(Debug)]
+struct SwarmStatus {
+    listen: Vec<Multiaddr>,
+    peers: Vec<PeerId>,
+    routing_table: usize,
+    stored_records: usize,
+}
+
+#[derive(Default)]
+struct Shared {
+    rejections: Rejections,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    lookups: AtomicU64,
+    failed_lookups: AtomicU64,
+    claim: Mutex<Option<ClaimState>>,
+    users: Mutex<BTreeSet<UserName>>,
+    /// Resolved users: peer, addresses, when resolved.
+    user_cache: Mutex<HashMap<Address, (PeerId, Vec<Multiaddr>, Instant)>>,
+    /// Resolved zone claims and when.
+    claim_cache: Mutex<HashMap<ZoneName, (SignedZoneClaim, Instant)>>,
+}
+
+/// A handle to the running mesh. Cloning is cheap.
+#[derive(Clone)]
+pub struct Mesh {
+    cmd: mpsc::Sender<Cmd>,
+    peer_id: PeerId,
+    key: Arc<SigningKey>,
+    config: Arc<MeshConfig>,
+    shared: Arc<Shared>,
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The peer id of a node key given in hex, as records carry it.
+pub fn peer_of(node_hex: &str) -> Option<PeerId> {
+    if node_hex.len() != 64 {
+        return None;
+    }
+    let bytes: Vec<u8> =
+        (0..64).step_by(2).map(|i| u8::from_str_radix(node_hex.get(i..i + 2)?, 16).ok()).collect::<Option<_>>()?;
+    let pk = identity::ed25519::PublicKey::try_from_bytes(&bytes).ok()?;
+    Some(PeerId::from_public_key(&identity::PublicKey::from(pk)))
+}
+
+/// The libp2p identity of a node key.
+pub fn keypair_of(key: &SigningKey) -> Result<identity::Keypair, MeshError> {
+    identity::Keypair::ed25519_from_bytes(key.to_bytes()).map_err(|e| MeshError::Key(e.to_string()))
+}
+
+fn peer_in(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+impl Mesh {
+    /// Starts the swarm on `key` (the node key), with records persisted in
+    /// `tree`, and the task that publishes this zone's claim and users.
+    /// Inbound signalling arrives on the returned receiver.
+    pub async fn start(
+        key: SigningKey,
+        tree: sled::Tree,
+        config: MeshConfig,
+    ) -> Result<(Mesh, mpsc::Receiver<Inbound>), MeshError> {
+        let keypair = keypair_of(&key)?;
+        let peer_id = PeerId::from(keypair.public());
+        let store = PersistentStore::open(peer_id, tree);
+        let bconfig = BehaviourConfig {
+            relay_server: config.relay_server,
+            mdns: config.mdns,
+            max_connections: config.max_connections,
+            request_timeout: config.request_timeout,
+        };
+        let transport = |e: &dyn std::fmt::Display| MeshError::Transport(e.to_string());
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .map_err(|e| transport(&e))?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| transport(&e))?
+            .with_behaviour(|key, relay_client| {
+                Behaviour::new(key, relay_client, store, &bconfig)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .map_err(|e| transport(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| MeshError::Listen { addr: addr.clone(), why: e.to_string() })?;
+        }
+        for addr in &config.external {
+            swarm.add_external_address(addr.clone());
+        }
+        for addr in &config.bootstrap {
+            if let Some(peer) = peer_in(addr) {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            if let Err(e) = swarm.dial(addr.clone()) {
+                warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        for relay in &config.relays {
+            let circuit = relay.clone().with(Protocol::P2pCircuit);
+            if let Err(e) = swarm.listen_on(circuit.clone()) {
+                warn!(%circuit, error = %e, "cannot listen through relay");
+            }
+        }
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
+        let shared = Arc::new(Shared::default());
+        let task = SwarmTask {
+            swarm,
+            cmd_tx: cmd_tx.clone(),
+            inbound: in_tx,
+            shared: shared.clone(),
+            gets: HashMap::new(),
+            puts: HashMap::new(),
+            sends: HashMap::new(),
+            bootstrapped: false,
+        };
+        tokio::spawn(task.run(cmd_rx));
+        let mesh = Mesh { cmd: cmd_tx, peer_id, key: Arc::new(key), config: Arc::new(config), shared };
+        info!(peer = %peer_id, zone = %mesh.config.zone, "mesh started");
+        tokio::spawn(mesh.clone().publisher());
+        Ok((mesh, in_rx))
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// This node's zone.
+    pub fn zone(&self) -> &ZoneName {
+        &self.config.zone
+    }
+
+    /// Publishes (and keeps renewing) the record of a local user.
+    pub async fn publish_user(&self, name: UserName) {
+        lock(&self.shared.users).insert(name.clone());
+        if matches!(*lock(&self.shared.claim), Some(ClaimState::Held)) {
+            if let Some(claim) = self.own_claim().await {
+                self.put_user(&name, &claim).await;
+            }
+        }
+    }
+
+    /// Stops renewing a removed user's record (it lapses at its expiry).
+    pub fn unpublish_user(&self, name: &UserName) {
+        lock(&self.shared.users).remove(name);
+    }
+
+    /// Puts a record exactly as given, bypassing this node's own checks:
+    /// for tests and tools. Receiving nodes validate it as any other.
+    pub async fn put_raw(&self, record: &MeshRecord) -> Result<(), String> {
+        self.put(record.key(), record.encode(), record.expires_at_ms()).await
+    }
+
+    async fn put(&self, key: Vec<u8>, value: Vec<u8>, expires_at_ms: u64) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd.send(Cmd::Put { key, value, expires_at_ms, reply }).await.map_err(|_| "mesh stopped".to_string())?;
+        rx.await.map_err(|_| "mesh stopped".to_string())?
+    }
+
+    async fn get(&self, key: Vec<u8>) -> Vec<Vec<u8>> {
+        self.shared.lookups.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        if self.cmd.send(Cmd::Get { key, reply }).await.is_err() {
+            return Vec::new();
+        }
+        let found = rx.await.unwrap_or_default();
+        if found.is_empty() {
+            self.shared.failed_lookups.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    fn sign_claim(&self, addrs: Vec<String>) -> SignedZoneClaim {
+        let now = wall_ms();
+        ZoneClaim {
+            zone: self.config.zone.clone(),
+            node: node_hex(&self.key),
+            addrs,
+            seq: now,
+            issued_at_ms: now,
+            expires_at_ms: now + self.config.claim_ttl.as_millis() as u64,
+        }
+        .sign(&self.key)
+    }
+
+    async fn own_claim(&self) -> Option<SignedZoneClaim> {
+        let addrs = self.advertised().await;
+        Some(self.sign_claim(addrs))
+    }
+
+    /// Addresses to put in records: listen and external addresses, with
+    /// unspecified ones left out.
+    async fn advertised(&self) -> Vec<String> {
+        let (reply, rx) = oneshot::channel();
+        if self.cmd.send(Cmd::Status { reply }).await.is_err() {
+            return Vec::new();
+        }
+        let Ok(status) = rx.await else { return Vec::new() };
+        let mut out: Vec<String> = status
+            .listen
+            .iter()
+            .filter(|a| !a.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())))
+            .map(|a| a.to_string())
+            .collect();
+        out.extend(self.config.external.iter().map(|a| a.to_string()));
+        out.sort();
+        out.dedup();
+        out.truncate(crate::record::MAX_ADDRS);
+        out
+    }
+
+    async fn put_user(&self, name: &UserName, claim: &SignedZoneClaim) -> bool {
+        let now = wall_ms();
+        let rec = UserRecord {
+            user: Address::new(name.clone(), self.config.zone.clone()),
+            node: claim.claim.node.clone(),
+            addrs: claim.claim.addrs.clone(),
+            seq: now,
+            issued_at_ms: now,
+            expires_at_ms: now + self.config.user_ttl.as_millis() as u64,
+        }
+        .sign(&self.key, claim.clone());
+        let rec = MeshRecord::User(rec);
+        match self.put(rec.key(), rec.encode(), rec.expires_at_ms()).await {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(user = %name, error = %e, "publishing user record failed");
+                false
+            }
+        }
+    }
+
+    /// Claims the zone and publishes every user; renews before expiry.
+    async fn publisher(self) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let wait = match self.publish_all().await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(500);
+                    self.config.republish
+                }
+                Err(why) => {
+                    debug!(%why, "publishing records failed; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff
+                }
+            };
+            tokio::time::sleep(wait).await;
+            if self.cmd.is_closed() {
+                return;
+            }
+        }
+    }
+
+    async fn publish_all(&self) -> Result<(), String> {
+        // First claim wins: if a live claim by another key exists, keep off.
+        let holder = self.resolve_claim_fresh().await;
+        if let Some(h) = holder.filter(|h| h.claim.node != node_hex(&self.key)) {
+            let by = peer_of(&h.claim.node).map(|p| p.to_string()).unwrap_or_default();
+            if *lock(&self.shared.claim) != Some(ClaimState::Taken { by: by.clone() }) {
+                warn!(zone = %self.config.zone, %by, "zone name is held by another node; not claiming it");
+            }
+            *lock(&self.shared.claim) = Some(ClaimState::Taken { by });
+            return Err("zone taken".into());
+        }
+        let claim = self.own_claim().await.ok_or("mesh stopped")?;
+        let rec = MeshRecord::Zone(claim.clone());
+        self.put(rec.key(), rec.encode(), rec.expires_at_ms()).await?;
+        if *lock(&self.shared.claim) != Some(ClaimState::Held) {
+            info!(zone = %self.config.zone, "zone claimed");
+        }
+        *lock(&self.shared.claim) = Some(ClaimState::Held);
+        let users: Vec<UserName> = lock(&self.shared.users).iter().cloned().collect();
+        let mut failed = 0;
+        for u in &users {
+            if !self.put_user(u, &claim).await {
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            return Err(format!("{failed} user records not published"));
+        }
+        Ok(())
+    }
+
+    /// Looks the zone's claim up in the mesh (no cache), choosing among
+    /// conflicting valid claims the one most nodes hold.
+    async fn resolve_claim_fresh(&self) -> Option<SignedZoneClaim> {
+        let zone = self.config.zone.clone();
+        self.lookup_claim(&zone).await
+    }
+
+    async fn lookup_claim(&self, zone: &ZoneName) -> Option<SignedZoneClaim> {
+        let key = zone_key(zone);
+        let now = wall_ms();
+        let mut votes: HashMap<String, (usize, SignedZoneClaim)> = HashMap::new();
+        for value in self.get(key.clone()).await {
+            match validate(&key, &value, now, None, None) {
+                Ok(MeshRecord::Zone(c)) => {
+                    let e = votes.entry(c.claim.node.clone()).or_insert((0, c.clone()));
+                    e.0 += 1;
+                    if c.claim.seq > e.1.claim.seq {
+                        e.1 = c;
+                    }
+                }
+                Ok(MeshRecord::User(_)) => self.shared.rejections.count(&RecordError::KeyMismatch),
+                Err(e) => self.shared.rejections.count(&e),
+            }
+        }
+        let best = votes.into_values().max_by_key(|(n, c)| (*n, std::cmp::Reverse(c.claim.issued_at_ms)))?.1;
+        lock(&self.shared.claim_cache).insert(zone.clone(), (best.clone(), Instant::now()));
+        Some(best)
+    }
+
+    /// The claim of `zone`, from the cache or the mesh.
+    pub async fn zone_claim(&self, zone: &ZoneName) -> Option<SignedZoneClaim> {
+        let ttl = self.config.cache_ttl * 5;
+        let cached =
+            lock(&self.shared.claim_cache).get(zone).filter(|(_, at)| at.elapsed() < ttl).map(|(c, _)| c.clone());
+        match cached {
+            Some(c) if c.claim.expires_at_ms > wall_ms() => Some(c),
+            _ => self.lookup_claim(zone).await,
+        }
+    }
+
+    /// Whether `peer` is the node holding `zone` (to check who may speak
+    /// for that zone's users).
+    pub async fn holds_zone(&self, peer: PeerId, zone: &ZoneName) -> bool {
+        let held = |c: &SignedZoneClaim| peer_of(&c.claim.node) == Some(peer);
+        match self.zone_claim(zone).await {
+            Some(c) if held(&c) => true,
+            // A stale cache may name a previous holder: look again once.
+            Some(_) => self.lookup_claim(zone).await.is_some_and(|c| held(&c)),
+            None => false,
+        }
+    }
+
+    /// Finds `user`'s home node: one lookup of its record (cached), checked
+    /// against the zone's claim (cached longer).
+    pub async fn resolve(&self, user: &Address) -> Result<(PeerId, Vec<Multiaddr>), RouteError> {
+        let cached = lock(&self.shared.user_cache)
+            .get(user)
+            .filter(|(_, _, at)| at.elapsed() < self.config.cache_ttl)
+            .map(|(p, a, _)| (*p, a.clone()));
+        if let Some(hit) = cached {
+            return Ok(hit);
+        }
+        let key = user_key(user);
+        let (claim, values) = tokio::join!(self.zone_claim(&user.zone), self.get(key.clone()));
+        let Some(claim) = claim else { return Err(RouteError::UnknownZone) };
+        let now = wall_ms();
+        let mut best: Option<crate::record::SignedUserRecord> = None;
+        for value in values {
+            match validate(&key, &value, now, None, Some(&claim)) {
+                Ok(MeshRecord::User(u)) => {
+                    if best.as_ref().is_none_or(|b| u.record.seq > b.record.seq) {
+                        best = Some(u);
+                    }
+                }
+                Ok(MeshRecord::Zone(_)) => self.shared.rejections.count(&RecordError::KeyMismatch),
+                Err(e) => {
+                    debug!(%user, error = %e, "lookup returned a bad record");
+                    self.shared.rejections.count(&e);
+                }
+            }
+        }
+        let rec = best.ok_or(RouteError::UnknownUser)?;
+        let peer = peer_of(&rec.record.node).ok_or(RouteError::UnknownUser)?;
+        let addrs: Vec<Multiaddr> = rec.record.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        lock(&self.shared.user_cache).insert(user.clone(), (peer, addrs.clone(), Instant::now()));
+        Ok((peer, addrs))
+    }
+
+    /// Delivers `msg` to `user`'s home node, resolving it first; returns
+    /// the node it went to. A failed delivery drops the cached route and
+    /// tries once more with a fresh lookup.
+    pub async fn send(&self, user: &Address, msg: NodeToNode) -> Result<PeerId, RouteError> {
+        let (peer, addrs) = self.resolve(user).await?;
+        match self.deliver(peer, addrs, msg.clone()).await {
+            Ok(()) => Ok(peer),
+            Err(RouteError::Unreachable(_)) => {
+                lock(&self.shared.user_cache).remove(user);
+                lock(&self.shared.claim_cache).remove(&user.zone);
+                let (peer2, addrs2) = self.resolve(user).await?;
+                self.deliver(peer2, addrs2, msg).await.map(|()| peer2)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Delivers `msg` to a node already known (the other node of a call).
+    pub async fn send_to(&self, peer: PeerId, msg: NodeToNode) -> Result<(), RouteError> {
+        self.deliver(peer, Vec::new(), msg).await
+    }
+
+    async fn deliver(&self, peer: PeerId, addrs: Vec<Multiaddr>, msg: NodeToNode) -> Result<(), RouteError> {
+        let mut last = String::new();
+        for attempt in 0..=self.config.retries {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            let (reply, rx) = oneshot::channel();
+            let cmd = Cmd::Send { peer, addrs: addrs.clone(), msg: msg.clone(), reply };
+            self.cmd.send(cmd).await.map_err(|_| RouteError::Stopped)?;
+            match rx.await.map_err(|_| RouteError::Stopped)? {
+                Ok(Receipt::Delivered) => {
+                    self.shared.delivered.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Ok(Receipt::Refused { reason }) => {
+                    self.shared.failed.fetch_add(1, Ordering::Relaxed);
+                    return Err(RouteError::Refused(reason));
+                }
+                Err(e) => last = e,
+            }
+        }
+        self.shared.failed.fetch_add(1, Ordering::Relaxed);
+        Err(RouteError::Unreachable(last))
+    }
+
+    /// Counters and state for operators.
+    pub async fn status(&self) -> MeshStatus {
+        let (reply, rx) = oneshot::channel();
+        let swarm = match self.cmd.send(Cmd::Status { reply }).await {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        let swarm = swarm.unwrap_or(SwarmStatus { listen: vec![], peers: vec![], routing_table: 0, stored_records: 0 });
+        let s = &self.shared;
+        MeshStatus {
+            peer_id: self.peer_id.to_string(),
+            zone: self.config.zone.to_string(),
+            claim: lock(&s.claim).clone().unwrap_or(ClaimState::Pending),
+            listen: swarm.listen.iter().map(|a| a.to_string()).collect(),
+            peers: swarm.peers.iter().map(|p| p.to_string()).collect(),
+            routing_table: swarm.routing_table,
+            stored_records: swarm.stored_records,
+            published_users: lock(&s.users).len(),
+            rejected: s.rejections.snapshot(),
+            delivered: s.delivered.load(Ordering::Relaxed),
+            failed_deliveries: s.failed.load(Ordering::Relaxed),
+            lookups: s.lookups.load(Ordering::Relaxed),
+            failed_lookups: s.failed_lookups.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct SwarmTask {
+    swarm: Swarm<Behaviour>,
+    cmd_tx: mpsc::Sender<Cmd>,
+    inbound: mpsc::Sender<Inbound>,
+    shared: Arc<Shared>,
+    gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>)>,
+    puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), String>>>,
+    sends: HashMap<OutboundRequestId, oneshot::Sender<Result<Receipt, String>>>,
+    bootstrapped: bool,
+}
+
+impl SwarmTask {
+    async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) {
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.event(event),
+            }
+        }
+        debug!("mesh swarm stopped");
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        let b = self.swarm.behaviour_mut();
+        match cmd {
+            Cmd::Get { key, reply } => {
+                let id = b.kad.get_record(RecordKey::new(&key));
+                self.gets.insert(id, (Vec::new(), reply));
+            }
+            Cmd::Put { key, value, expires_at_ms, reply } => {
+                let mut record = kad::Record::new(RecordKey::new(&key), value);
+                record.expires = Some(expiry_instant(expires_at_ms));
+                record.publisher = Some(*self.swarm.local_peer_id());
+                match self.swarm.behaviour_mut().kad.put_record(record, Quorum::One) {
+                    Ok(id) => {
+                        self.puts.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            Cmd::Send { peer, addrs, msg, reply } => {
+                for a in addrs {
+                    self.swarm.add_peer_address(peer, a);
+                }
+                let id = self.swarm.behaviour_mut().signal.send_request(&peer, Envelope { msg });
+                self.sends.insert(id, reply);
+            }
+            Cmd::Respond { channel, receipt } => {
+                let _ = b.signal.send_response(channel, receipt);
+            }
+            Cmd::Status { reply } => {
+                let routing_table = b.kad.kbuckets().map(|k| k.num_entries()).sum();
+                let stored_records = b.kad.store_mut().len();
+                let _ = reply.send(SwarmStatus {
+                    listen: self.swarm.listeners().cloned().chain(self.swarm.external_addresses().cloned()).collect(),
+                    peers: self.swarm.connected_peers().copied().collect(),
+                    routing_table,
+                    stored_records,
+                });
+            }
+        }
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.kad_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Signal(e)) => self.signal_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                if info.protocols.iter().any(|p| *p == crate::behaviour::KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    let _ = self.swarm.dial(addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => debug!(?e, "relay client"),
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if !self.bootstrapped {
+                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "mesh listening"),
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest { request: kad::InboundRequest::PutRecord { source, record: Some(r), .. } } => {
+                self.inbound_put(source, r);
+            }
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+                QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(found))) => {
+                    if let Some((values, _)) = self.gets.get_mut(&id) {
+                        if values.len() < 32 {
+                            values.push(found.record.value);
+                        }
+                    }
+                    if step.last {
+                        self.finish_get(id);
+                    }
+                }
+                QueryResult::GetRecord(_) => {
+                    if step.last {
+                        self.finish_get(id);
+                    }
+                }
+                QueryResult::PutRecord(r) => {
+                    if step.last {
+                        if let Some(reply) = self.puts.remove(&id) {
+                            let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+                        }
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn finish_get(&mut self, id: kad::QueryId) {
+        if let Some((values, reply)) = self.gets.remove(&id) {
+            let _ = reply.send(values);
+        }
+    }
+
+    /// Validates a record another node asks us to store.
+    fn inbound_put(&mut self, source: PeerId, record: kad::Record) {
+        let now = wall_ms();
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let key = record.key.to_vec();
+        let existing = store.mesh_record(&key);
+        let zone_claim = match MeshRecord::decode(&record.value) {
+            Ok(MeshRecord::User(u)) => match store.mesh_record(&zone_key(&u.record.user.zone)) {
+                Some(MeshRecord::Zone(c)) => Some(c),
+                _ => None,
+            },
+            _ => None,
+        };
+        match validate(&key, &record.value, now, existing.as_ref(), zone_claim.as_ref()) {
+            Ok(rec) => {
+                let mut r = record;
+                r.expires = Some(expiry_instant(rec.expires_at_ms()));
+                if let Err(e) = store.put(r) {
+                    warn!(error = %e, "storing a record failed");
+                }
+            }
+            Err(e) => {
+                warn!(peer = %source, key = %String::from_utf8_lossy(&key), error = %e, "refused a record");
+                self.shared.rejections.count(&e);
+            }
+        }
+    }
+
+    fn signal_event(&mut self, event: request_response::Event<Envelope, Receipt>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let reply = Responder { channel, cmd: self.cmd_tx.clone() };
+                    if let Err(e) = self.inbound.try_send(Inbound { peer, msg: request.msg, reply }) {
+                        let (mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i)) = e;
+                        let busy = Receipt::Refused { reason: "node busy".into() };
+                        let _ = self.swarm.behaviour_mut().signal.send_response(i.reply.channel, busy);
+                    }
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.sends.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                if let Some(reply) = self.sends.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+}

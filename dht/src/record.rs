@@ -1,0 +1,509 @@
+//! Signed mesh records: zone claims and user records.
+//!
+//! A *zone claim* binds a zone name to the node key that claimed it first.
+//! A *user record* binds `name@zone` to that user's home node; it carries
+//! the zone claim it relies on, so a validator can check it alone: the user
+//! record and the claim are signed by the same node key, and the claim names
+//! the user's zone.
+//!
+//! Signatures are ed25519 over a domain tag and the canonical JSON of the
+//! record body (fields in declaration order, as this crate serialises them).
+//! Validation ([`validate`]) also enforces first-claim-wins, sequence numbers
+//! (no replays) and expiry, against what the validating node already holds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use signalling::{Address, ZoneName};
+
+/// Largest encoded record accepted, in bytes.
+pub const MAX_RECORD_BYTES: usize = 8 * 1024;
+/// Most addresses a record may list.
+pub const MAX_ADDRS: usize = 8;
+/// Longest address, in bytes.
+pub const MAX_ADDR_LEN: usize = 256;
+/// How far in the future `issued_at_ms` may be (clock skew), in ms.
+pub const MAX_SKEW_MS: u64 = 5 * 60 * 1000;
+/// Longest lifetime a record may claim, in ms (7 days).
+pub const MAX_LIFETIME_MS: u64 = 7 * 24 * 3600 * 1000;
+
+const ZONE_TAG: &[u8] = b"xarxa/zone-claim/v1\0";
+const USER_TAG: &[u8] = b"xarxa/user-record/v1\0";
+
+/// The body of a zone claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneClaim {
+    /// The zone.
+    pub zone: ZoneName,
+    /// The claiming node's ed25519 public key (32 bytes, hex).
+    pub node: String,
+    /// Multiaddresses where the node listens.
+    pub addrs: Vec<String>,
+    /// Increases with every renewal.
+    pub seq: u64,
+    /// When signed, ms since the Unix epoch.
+    pub issued_at_ms: u64,
+    /// When it lapses, ms since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+/// A zone claim with its signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedZoneClaim {
+    /// The claim.
+    pub claim: ZoneClaim,
+    /// ed25519 signature by `claim.node`, hex.
+    pub sig: String,
+}
+
+/// The body of a user record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// The user.
+    pub user: Address,
+    /// The home node's ed25519 public key (hex).
+    pub node: String,
+    /// Multiaddresses where the home node listens.
+    pub addrs: Vec<String>,
+    /// Increases with every renewal.
+    pub seq: u64,
+    /// When signed, ms since the Unix epoch.
+    pub issued_at_ms: u64,
+    /// When it lapses, ms since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+/// A user record with its signature and the zone claim it relies on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedUserRecord {
+    /// The record.
+    pub record: UserRecord,
+    /// ed25519 signature by `record.node`, hex.
+    pub sig: String,
+    /// The claim of `record.user.zone` by the same node.
+    pub claim: SignedZoneClaim,
+}
+
+/// Any record stored in the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MeshRecord {
+    /// A zone claim.
+    Zone(SignedZoneClaim),
+    /// A user record.
+    User(SignedUserRecord),
+}
+
+/// Why a record was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// Not a record, or over the size limits.
+    #[error("malformed record: {0}")]
+    Malformed(String),
+    /// Stored under a key that does not match its content.
+    #[error("record stored under the wrong key")]
+    KeyMismatch,
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// Expired, or issued too far in the future, or living too long.
+    #[error("expired or not yet valid")]
+    Expired,
+    /// A sequence number not above the one already held (a replay).
+    #[error("replayed: sequence {got} is not above {have}")]
+    Replayed {
+        /// The record's sequence.
+        got: u64,
+        /// The one held.
+        have: u64,
+    },
+    /// The zone is held by another key whose claim has not expired.
+    #[error("zone is claimed by another node")]
+    ZoneTaken,
+    /// A user record signed by a key that does not hold its zone.
+    #[error("user record not signed by the zone's node")]
+    WrongZoneKey,
+}
+
+/// Counters of refused records, by cause.
+#[derive(Debug, Default)]
+pub struct Rejections {
+    /// Malformed or wrong key.
+    pub malformed: AtomicU64,
+    /// Bad signatures.
+    pub bad_signature: AtomicU64,
+    /// Expired or not yet valid.
+    pub expired: AtomicU64,
+    /// Replays.
+    pub replayed: AtomicU64,
+    /// Zone claims for a taken zone.
+    pub zone_taken: AtomicU64,
+    /// User records not signed by the zone's node.
+    pub wrong_zone_key: AtomicU64,
+}
+
+/// A snapshot of [`Rejections`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectionCounts {
+    /// Malformed or wrong key.
+    pub malformed: u64,
+    /// Bad signatures.
+    pub bad_signature: u64,
+    /// Expired or not yet valid.
+    pub expired: u64,
+    /// Replays.
+    pub replayed: u64,
+    /// Zone claims for a taken zone.
+    pub zone_taken: u64,
+    /// User records not signed by the zone's node.
+    pub wrong_zone_key: u64,
+}
+
+impl Rejections {
+    /// Counts one refusal.
+    pub fn count(&self, e: &RecordError) {
+        let c = match e {
+            RecordError::Malformed(_) | RecordError::KeyMismatch => &self.malformed,
+            RecordError::BadSignature => &self.bad_signature,
+            RecordError::Expired => &self.expired,
+            RecordError::Replayed { .. } => &self.replayed,
+            RecordError::ZoneTaken => &self.zone_taken,
+            RecordError::WrongZoneKey => &self.wrong_zone_key,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current counts.
+    pub fn snapshot(&self) -> RejectionCounts {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RejectionCounts {
+            malformed: g(&self.malformed),
+            bad_signature: g(&self.bad_signature),
+            expired: g(&self.expired),
+            replayed: g(&self.replayed),
+            zone_taken: g(&self.zone_taken),
+            wrong_zone_key: g(&self.wrong_zone_key),
+        }
+    }
+}
+
+/// The DHT key of a zone's claim.
+pub fn zone_key(zone: &ZoneName) -> Vec<u8> {
+    format!("/xarxa/zone/{zone}").into_bytes()
+}
+
+/// The DHT key of a user's record.
+pub fn user_key(user: &Address) -> Vec<u8> {
+    format!("/xarxa/user/{user}").into_bytes()
+}
+
+fn canonical<T: Serialize>(tag: &[u8], body: &T) -> Vec<u8> {
+    let mut out = tag.to_vec();
+    // Plain structs of strings and integers always serialise.
+    out.extend(serde_json::to_vec(body).unwrap_or_default());
+    out
+}
+
+fn sign(key: &SigningKey, tag: &[u8], body: &impl Serialize) -> String {
+    hex_encode(&key.sign(&canonical(tag, body)).to_bytes())
+}
+
+fn verify(node_hex: &str, tag: &[u8], body: &impl Serialize, sig_hex: &str) -> Result<(), RecordError> {
+    let key: [u8; 32] = hex_decode(node_hex).and_then(|b| b.try_into().ok()).ok_or(RecordError::BadSignature)?;
+    let key = VerifyingKey::from_bytes(&key).map_err(|_| RecordError::BadSignature)?;
+    let sig: [u8; 64] = hex_decode(sig_hex).and_then(|b| b.try_into().ok()).ok_or(RecordError::BadSignature)?;
+    key.verify(&canonical(tag, body), &Signature::from_bytes(&sig)).map_err(|_| RecordError::BadSignature)
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || s.len() > 256 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// The hex public key of a signing key, as records name it.
+pub fn node_hex(key: &SigningKey) -> String {
+    hex_encode(key.verifying_key().as_bytes())
+}
+
+fn check_times(issued: u64, expires: u64, now_ms: u64) -> Result<(), RecordError> {
+    if expires <= now_ms || issued > now_ms + MAX_SKEW_MS || expires.saturating_sub(issued) > MAX_LIFETIME_MS {
+        return Err(RecordError::Expired);
+    }
+    Ok(())
+}
+
+fn check_addrs(addrs: &[String]) -> Result<(), RecordError> {
+    if addrs.len() > MAX_ADDRS || addrs.iter().any(|a| a.len() > MAX_ADDR_LEN) {
+        return Err(RecordError::Malformed("too many or too long addresses".into()));
+    }
+    Ok(())
+}
+
+impl ZoneClaim {
+    /// Signs this claim with `key` (which must be `self.node`'s key).
+    pub fn sign(self, key: &SigningKey) -> SignedZoneClaim {
+        let sig = sign(key, ZONE_TAG, &self);
+        SignedZoneClaim { claim: self, sig }
+    }
+}
+
+impl SignedZoneClaim {
+    /// Checks the signature, times and sizes (not first-claim-wins).
+    pub fn verify(&self, now_ms: u64) -> Result<(), RecordError> {
+        check_addrs(&self.claim.addrs)?;
+        verify(&self.claim.node, ZONE_TAG, &self.claim, &self.sig)?;
+        check_times(self.claim.issued_at_ms, self.claim.expires_at_ms, now_ms)
+    }
+}
+
+impl UserRecord {
+    /// Signs this record with `key`, attaching `claim` (made by the same key).
+    pub fn sign(self, key: &SigningKey, claim: SignedZoneClaim) -> SignedUserRecord {
+        let sig = sign(key, USER_TAG, &self);
+        SignedUserRecord { record: self, sig, claim }
+    }
+}
+
+impl SignedUserRecord {
+    /// Checks the record's and the claim's signatures, that one key made
+    /// both, that the claim is for the user's zone, times and sizes.
+    pub fn verify(&self, now_ms: u64) -> Result<(), RecordError> {
+        check_addrs(&self.record.addrs)?;
+        verify(&self.record.node, USER_TAG, &self.record, &self.sig)?;
+        check_times(self.record.issued_at_ms, self.record.expires_at_ms, now_ms)?;
+        self.claim.verify(now_ms)?;
+        if self.claim.claim.node != self.record.node || self.claim.claim.zone != self.record.user.zone {
+            return Err(RecordError::WrongZoneKey);
+        }
+        Ok(())
+    }
+}
+
+impl MeshRecord {
+    /// Decodes a stored value, with the size limit.
+    pub fn decode(value: &[u8]) -> Result<Self, RecordError> {
+        if value.len() > MAX_RECORD_BYTES {
+            return Err(RecordError::Malformed(format!("{} bytes", value.len())));
+        }
+        serde_json::from_slice(value).map_err(|e| RecordError::Malformed(e.to_string()))
+    }
+
+    /// Encodes for storage.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The DHT key this record belongs under.
+    pub fn key(&self) -> Vec<u8> {
+        match self {
+            Self::Zone(z) => zone_key(&z.claim.zone),
+            Self::User(u) => user_key(&u.record.user),
+        }
+    }
+
+    /// The node key that signed it.
+    pub fn node(&self) -> &str {
+        match self {
+            Self::Zone(z) => &z.claim.node,
+            Self::User(u) => &u.record.node,
+        }
+    }
+
+    /// Its sequence number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Self::Zone(z) => z.claim.seq,
+            Self::User(u) => u.record.seq,
+        }
+    }
+
+    /// When it lapses, ms since the epoch.
+    pub fn expires_at_ms(&self) -> u64 {
+        match self {
+            Self::Zone(z) => z.claim.expires_at_ms,
+            Self::User(u) => u.record.expires_at_ms,
+        }
+    }
+
+    /// The addresses it lists.
+    pub fn addrs(&self) -> &[String] {
+        match self {
+            Self::Zone(z) => &z.claim.addrs,
+            Self::User(u) => &u.record.addrs,
+        }
+    }
+}
+
+/// Validates a record offered under `key`, against the record this node
+/// already holds under that key (`existing`) and the claim it holds for the
+/// record's zone (`zone_claim`, for user records). Returns the decoded
+/// record if it may be stored or used.
+pub fn validate(
+    key: &[u8],
+    value: &[u8],
+    now_ms: u64,
+    existing: Option<&MeshRecord>,
+    zone_claim: Option<&SignedZoneClaim>,
+) -> Result<MeshRecord, RecordError> {
+    let rec = MeshRecord::decode(value)?;
+    if rec.key() != key {
+        return Err(RecordError::KeyMismatch);
+    }
+    match &rec {
+        MeshRecord::Zone(z) => z.verify(now_ms)?,
+        MeshRecord::User(u) => u.verify(now_ms)?,
+    }
+    // The zone's holder: the claim held for the zone (for a zone claim, the
+    // existing record itself), if it is still live.
+    let holder = match (&rec, existing) {
+        (MeshRecord::Zone(_), Some(MeshRecord::Zone(old))) => Some(old),
+        (MeshRecord::User(_), _) => zone_claim,
+        _ => None,
+    }
+    .filter(|c| c.claim.expires_at_ms > now_ms);
+    if let Some(h) = holder {
+        if h.claim.node != rec.node() {
+            return Err(match rec {
+                MeshRecord::Zone(_) => RecordError::ZoneTaken,
+                MeshRecord::User(_) => RecordError::WrongZoneKey,
+            });
+        }
+    }
+    if let Some(old) = existing.filter(|o| o.expires_at_ms() > now_ms && o.node() == rec.node()) {
+        if rec.seq() < old.seq() || (rec.seq() == old.seq() && rec != *old) {
+            return Err(RecordError::Replayed { got: rec.seq(), have: old.seq() });
+        }
+    }
+    if let (MeshRecord::User(u), Some(old)) = (&rec, existing) {
+        // A live record of another node for this user stands unless the
+        // offered record's claim is the one this node holds for the zone.
+        if old.expires_at_ms() > now_ms && old.node() != u.record.node && holder.is_none() {
+            return Err(RecordError::WrongZoneKey);
+        }
+    }
+    Ok(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn claim(k: &SigningKey, zone: &str, seq: u64) -> SignedZoneClaim {
+        ZoneClaim {
+            zone: ZoneName::parse(zone).expect("zone"),
+            node: node_hex(k),
+            addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            seq,
+            issued_at_ms: NOW,
+            expires_at_ms: NOW + 3_600_000,
+        }
+        .sign(k)
+    }
+
+    fn user(k: &SigningKey, who: &str, seq: u64, c: SignedZoneClaim) -> SignedUserRecord {
+        UserRecord {
+            user: Address::parse(who).expect("addr"),
+            node: node_hex(k),
+            addrs: vec![],
+            seq,
+            issued_at_ms: NOW,
+            expires_at_ms: NOW + 3_600_000,
+        }
+        .sign(k, c)
+    }
+
+    fn check(
+        rec: &MeshRecord,
+        existing: Option<&MeshRecord>,
+        zc: Option<&SignedZoneClaim>,
+    ) -> Result<MeshRecord, RecordError> {
+        validate(&rec.key(), &rec.encode(), NOW, existing, zc)
+    }
+
+    #[test]
+    fn zone_claims_first_wins_and_renew() {
+        let (a, rogue) = (key(1), key(2));
+        let first = MeshRecord::Zone(claim(&a, "sants", 1));
+        assert!(check(&first, None, None).is_ok());
+        let taken = MeshRecord::Zone(claim(&rogue, "sants", 99));
+        assert_eq!(check(&taken, Some(&first), None), Err(RecordError::ZoneTaken));
+        let renewal = MeshRecord::Zone(claim(&a, "sants", 2));
+        assert!(check(&renewal, Some(&first), None).is_ok());
+        assert_eq!(check(&first, Some(&renewal), None), Err(RecordError::Replayed { got: 1, have: 2 }));
+        // Once the claim lapses, the name is free.
+        let mut lapsed = claim(&a, "sants", 3);
+        lapsed.claim.expires_at_ms = NOW - 1;
+        assert!(check(&taken, Some(&MeshRecord::Zone(lapsed)), None).is_ok());
+    }
+
+    #[test]
+    fn forgeries_are_refused() {
+        let (a, rogue) = (key(1), key(2));
+        let mut forged = claim(&a, "sants", 1);
+        forged.claim.addrs = vec!["/ip4/6.6.6.6/tcp/1".into()];
+        assert_eq!(check(&MeshRecord::Zone(forged), None, None), Err(RecordError::BadSignature));
+        // A rogue re-signs a real user's record pointing at itself.
+        let real_claim = claim(&a, "sants", 1);
+        let rogue_claim = claim(&rogue, "sants", 1);
+        let planted = MeshRecord::User(user(&rogue, "bob@sants", 5, rogue_claim));
+        assert_eq!(check(&planted, None, Some(&real_claim)), Err(RecordError::WrongZoneKey));
+        // Mixing the real claim with the rogue's signature does not help.
+        let mixed = MeshRecord::User(user(&rogue, "bob@sants", 5, real_claim.clone()));
+        assert_eq!(check(&mixed, None, None), Err(RecordError::WrongZoneKey));
+        // A claim for another zone does not cover the user.
+        let other = MeshRecord::User(user(&a, "bob@sants", 1, claim(&a, "gracia", 1)));
+        assert_eq!(check(&other, None, None), Err(RecordError::WrongZoneKey));
+        let good = MeshRecord::User(user(&a, "bob@sants", 1, real_claim.clone()));
+        assert!(check(&good, None, Some(&real_claim)).is_ok());
+        // Without the zone claim at hand, a live record of the real node stands.
+        assert_eq!(check(&planted, Some(&good), None), Err(RecordError::WrongZoneKey));
+    }
+
+    #[test]
+    fn expiry_size_and_key() {
+        let a = key(1);
+        let mut c = claim(&a, "sants", 1).claim;
+        c.expires_at_ms = NOW;
+        assert_eq!(check(&MeshRecord::Zone(c.clone().sign(&a)), None, None), Err(RecordError::Expired));
+        c.expires_at_ms = NOW + MAX_LIFETIME_MS + MAX_SKEW_MS;
+        assert_eq!(check(&MeshRecord::Zone(c.sign(&a)), None, None), Err(RecordError::Expired));
+        let rec = MeshRecord::Zone(claim(&a, "sants", 1));
+        assert_eq!(validate(b"/xarxa/zone/gracia", &rec.encode(), NOW, None, None), Err(RecordError::KeyMismatch));
+        assert!(matches!(
+            validate(b"k", &[b'{'; MAX_RECORD_BYTES + 1], NOW, None, None),
+            Err(RecordError::Malformed(_))
+        ));
+        assert!(matches!(validate(b"k", b"not json", NOW, None, None), Err(RecordError::Malformed(_))));
+        let r = Rejections::default();
+        r.count(&RecordError::ZoneTaken);
+        assert_eq!(r.snapshot().zone_taken, 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = validate(b"/xarxa/zone/x", &bytes, NOW, None, None);
+        }
+
+        #[test]
+        fn signed_claims_round_trip(zone in "[a-z][a-z0-9]{0,20}", seq in 0u64..1000) {
+            let a = key(3);
+            let rec = MeshRecord::Zone(claim(&a, &zone, seq));
+            proptest::prop_assert_eq!(check(&rec, None, None), Ok(rec.clone()));
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Real swarms on loopback TCP: records are published, resolved and
+//! validated, and signalling is delivered with receipts.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use dht::record::{node_hex, UserRecord, ZoneClaim};
+use dht::{ClaimState, Inbound, Mesh, MeshConfig, MeshRecord, Receipt, RouteError};
+use ed25519_dalek::SigningKey;
+use libp2p::Multiaddr;
+use signalling::{Address, CallId, Media, NodeToNode, UserName, ZoneName};
+use tokio::sync::mpsc;
+
+struct Node {
+    mesh: Mesh,
+    inbound: mpsc::Receiver<Inbound>,
+    _dir: tempfile::TempDir,
+}
+
+fn config(zone: &str, bootstrap: Vec<Multiaddr>) -> MeshConfig {
+    let mut c = MeshConfig::new(ZoneName::parse(zone).unwrap());
+    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    c.bootstrap = bootstrap;
+    c.mdns = false;
+    c.republish = Duration::from_secs(2);
+    c.request_timeout = Duration::from_secs(2);
+    c.retries = 1;
+    c
+}
+
+async fn start(zone: &str, seed: u8, bootstrap: Vec<Multiaddr>) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = sled::open(dir.path()).unwrap().open_tree("mesh").unwrap();
+    let (mesh, inbound) =
+        Mesh::start(SigningKey::from_bytes(&[seed; 32]), tree, config(zone, bootstrap)).await.unwrap();
+    Node { mesh, inbound, _dir: dir }
+}
+
+async fn addr_of(n: &Node) -> Multiaddr {
+    for _ in 0..100 {
+        if let Some(a) = n.mesh.status().await.listen.iter().find(|a| a.contains("/tcp/")) {
+            let a: Multiaddr = a.parse().unwrap();
+            return a.with(libp2p::multiaddr::Protocol::P2p(n.mesh.peer_id()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no listen address");
+}
+
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    for _ in 0..300 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_resolve_deliver_and_refuse_forgeries() {
+    let a = start("a", 1, vec![]).await;
+    let boot = addr_of(&a).await;
+    let mut b = start("b", 2, vec![boot.clone()]).await;
+    let c = start("c", 3, vec![boot.clone()]).await;
+    let bob = Address::parse("bob@b").unwrap();
+    b.mesh.publish_user(UserName::parse("bob").unwrap()).await;
+    until("bob@b resolvable from c", || async { c.mesh.resolve(&bob).await.is_ok() }).await;
+    let (peer, _) = c.mesh.resolve(&bob).await.unwrap();
+    assert_eq!(peer, b.mesh.peer_id());
+    assert_eq!(a.mesh.resolve(&Address::parse("nobody@b").unwrap()).await, Err(RouteError::UnknownUser));
+    assert_eq!(a.mesh.resolve(&Address::parse("x@nowhere").unwrap()).await, Err(RouteError::UnknownZone));
+
+    // Signalling with a delivery receipt.
+    let invite = NodeToNode::Invite {
+        call: CallId("c1".into()),
+        from: Address::parse("carol@c").unwrap(),
+        to: bob.clone(),
+        media: Media { audio: true, video: false },
+    };
+    let sender = c.mesh.clone();
+    let bob2 = bob.clone();
+    let inv = invite.clone();
+    let sending = tokio::spawn(async move { sender.send(&bob2, inv).await });
+    let got = tokio::time::timeout(Duration::from_secs(10), b.inbound.recv()).await.unwrap().unwrap();
+    assert_eq!((got.peer, &got.msg), (c.mesh.peer_id(), &invite));
+    assert!(b.mesh.holds_zone(got.peer, &ZoneName::parse("c").unwrap()).await);
+    assert!(!b.mesh.holds_zone(got.peer, &ZoneName::parse("a").unwrap()).await);
+    got.reply.send(Receipt::Delivered).await;
+    assert_eq!(sending.await.unwrap(), Ok(b.mesh.peer_id()));
+
+    // A rogue node with its own key: claims b, plants bob@b, replays.
+    let rogue_key = SigningKey::from_bytes(&[66; 32]);
+    let rogue = start("b", 66, vec![boot.clone()]).await;
+    until("rogue sees the zone taken", || async {
+        matches!(rogue.mesh.status().await.claim, ClaimState::Taken { .. })
+    })
+    .await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let claim = ZoneClaim {
+        zone: ZoneName::parse("b").unwrap(),
+        node: node_hex(&rogue_key),
+        addrs: vec![],
+        seq: now + 1_000_000,
+        issued_at_ms: now,
+        expires_at_ms: now + 3_600_000,
+    }
+    .sign(&rogue_key);
+    let _ = rogue.mesh.put_raw(&MeshRecord::Zone(claim.clone())).await;
+    let planted = UserRecord {
+        user: bob.clone(),
+        node: node_hex(&rogue_key),
+        addrs: vec![],
+        seq: now + 1_000_000,
+        issued_at_ms: now,
+        expires_at_ms: now + 3_600_000,
+    }
+    .sign(&rogue_key, claim);
+    let _ = rogue.mesh.put_raw(&MeshRecord::User(planted)).await;
+    until("honest nodes count the refusals", || async {
+        let (sa, sc) = (a.mesh.status().await.rejected, c.mesh.status().await.rejected);
+        sa.zone_taken + sc.zone_taken > 0 && sa.wrong_zone_key + sc.wrong_zone_key > 0
+    })
+    .await;
+    // Fresh lookups still find the real bob.
+    let fresh = start("d", 4, vec![boot]).await;
+    until("d resolves bob", || async { fresh.mesh.resolve(&bob).await.is_ok() }).await;
+    assert_eq!(fresh.mesh.resolve(&bob).await.unwrap().0, b.mesh.peer_id());
+}
