@@ -111,7 +111,13 @@ impl Behaviour {
                 .with_max_concurrent_streams(256),
         );
         let mdns = if config.mdns { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?) } else { None };
-        let relay = config.relay_server.then(|| relay::Behaviour::new(peer, relay::Config::default()));
+        // Signalling is small but calls are long: allow circuits to live.
+        let relay_config = relay::Config {
+            max_circuit_duration: Duration::from_secs(3600),
+            max_circuit_bytes: 16 << 20,
+            ..relay::Config::default()
+        };
+        let relay = config.relay_server.then(|| relay::Behaviour::new(peer, relay_config));
         Ok(Self {
             limits: connection_limits::Behaviour::new(limits),
             kad,

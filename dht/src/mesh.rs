@@ -15,13 +15,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
-use libp2p::core::Multiaddr;
+pub use libp2p::core::Multiaddr;
 use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, GetRecordOk, QueryResult, Quorum, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, identity, mdns, noise, tcp, yamux, PeerId, Swarm};
+pub use libp2p::PeerId;
+use libp2p::{identify, identity, mdns, noise, tcp, yamux, Swarm};
 use serde::{Deserialize, Serialize};
 use signalling::{Address, EndReason, NodeToNode, UserName, ZoneName};
 use tokio::sync::{mpsc, oneshot};
@@ -205,6 +206,8 @@ pub struct MeshStatus {
     pub listen: Vec<String>,
     /// Peers connected now.
     pub peers: Vec<String>,
+    /// Of those, peers reached only through a relay circuit.
+    pub relayed_peers: Vec<String>,
     /// Entries in the Kademlia routing table.
     pub routing_table: usize,
     /// Records in the local store.
@@ -236,6 +239,7 @@ enum Cmd {
 struct SwarmStatus {
     listen: Vec<Multiaddr>,
     peers: Vec<PeerId>,
+    relayed: Vec<PeerId>,
     routing_table: usize,
     stored_records: usize,
 }
@@ -343,10 +347,18 @@ impl Mesh {
                 warn!(%addr, error = %e, "cannot dial bootstrap peer");
             }
         }
+        // Listening through a relay starts once connected to it (see
+        // `SwarmTask::event`), so the reservation rides that connection.
+        let mut relays = HashMap::new();
         for relay in &config.relays {
-            let circuit = relay.clone().with(Protocol::P2pCircuit);
-            if let Err(e) = swarm.listen_on(circuit.clone()) {
-                warn!(%circuit, error = %e, "cannot listen through relay");
+            match peer_in(relay) {
+                Some(peer) => {
+                    relays.insert(peer, relay.clone());
+                    if let Err(e) = swarm.dial(relay.clone()) {
+                        warn!(%relay, error = %e, "cannot dial relay");
+                    }
+                }
+                None => warn!(%relay, "a relay address must end in /p2p/<peer id>"),
             }
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -361,6 +373,9 @@ impl Mesh {
             puts: HashMap::new(),
             sends: HashMap::new(),
             bootstrapped: false,
+            connections: HashMap::new(),
+            relays,
+            relay_listeners: HashMap::new(),
         };
         tokio::spawn(task.run(cmd_rx));
         let mesh = Mesh { cmd: cmd_tx, peer_id, key: Arc::new(key), config: Arc::new(config), shared };
@@ -398,6 +413,12 @@ impl Mesh {
     /// for tests and tools. Receiving nodes validate it as any other.
     pub async fn put_raw(&self, record: &MeshRecord) -> Result<(), String> {
         self.put(record.key(), record.encode(), record.expires_at_ms()).await
+    }
+
+    /// Every valid-looking record the mesh returns under `key`, decoded but
+    /// not judged: for tests and tools.
+    pub async fn get_raw(&self, key: Vec<u8>) -> Vec<MeshRecord> {
+        self.get(key).await.iter().filter_map(|v| MeshRecord::decode(v).ok()).collect()
     }
 
     async fn put(&self, key: Vec<u8>, value: Vec<u8>, expires_at_ms: u64) -> Result<(), String> {
@@ -628,8 +649,7 @@ impl Mesh {
         match self.deliver(peer, addrs, msg.clone()).await {
             Ok(()) => Ok(peer),
             Err(RouteError::Unreachable(_)) => {
-                lock(&self.shared.user_cache).remove(user);
-                lock(&self.shared.claim_cache).remove(&user.zone);
+                self.forget(user);
                 let (peer2, addrs2) = self.resolve(user).await?;
                 self.deliver(peer2, addrs2, msg).await.map(|()| peer2)
             }
@@ -642,7 +662,15 @@ impl Mesh {
         self.deliver(peer, Vec::new(), msg).await
     }
 
-    async fn deliver(&self, peer: PeerId, addrs: Vec<Multiaddr>, msg: NodeToNode) -> Result<(), RouteError> {
+    /// Drops what is cached about `user` and its zone, after a failure.
+    pub fn forget(&self, user: &Address) {
+        lock(&self.shared.user_cache).remove(user);
+        lock(&self.shared.claim_cache).remove(&user.zone);
+    }
+
+    /// Delivers `msg` to `peer`, dialling `addrs` if not connected, with
+    /// retries; waits for the delivery receipt.
+    pub async fn deliver(&self, peer: PeerId, addrs: Vec<Multiaddr>, msg: NodeToNode) -> Result<(), RouteError> {
         let mut last = String::new();
         for attempt in 0..=self.config.retries {
             if attempt > 0 {
@@ -674,7 +702,13 @@ impl Mesh {
             Ok(()) => rx.await.ok(),
             Err(_) => None,
         };
-        let swarm = swarm.unwrap_or(SwarmStatus { listen: vec![], peers: vec![], routing_table: 0, stored_records: 0 });
+        let swarm = swarm.unwrap_or(SwarmStatus {
+            listen: vec![],
+            peers: vec![],
+            relayed: vec![],
+            routing_table: 0,
+            stored_records: 0,
+        });
         let s = &self.shared;
         MeshStatus {
             peer_id: self.peer_id.to_string(),
@@ -682,6 +716,7 @@ impl Mesh {
             claim: lock(&s.claim).clone().unwrap_or(ClaimState::Pending),
             listen: swarm.listen.iter().map(|a| a.to_string()).collect(),
             peers: swarm.peers.iter().map(|p| p.to_string()).collect(),
+            relayed_peers: swarm.relayed.iter().map(|p| p.to_string()).collect(),
             routing_table: swarm.routing_table,
             stored_records: swarm.stored_records,
             published_users: lock(&s.users).len(),
@@ -703,6 +738,11 @@ struct SwarmTask {
     puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), String>>>,
     sends: HashMap<OutboundRequestId, oneshot::Sender<Result<Receipt, String>>>,
     bootstrapped: bool,
+    /// Open connections: whether each goes through a relay circuit.
+    connections: HashMap<libp2p::swarm::ConnectionId, (PeerId, bool)>,
+    /// Relays to listen through, and the listeners open through them.
+    relays: HashMap<PeerId, Multiaddr>,
+    relay_listeners: HashMap<PeerId, libp2p::core::transport::ListenerId>,
 }
 
 impl SwarmTask {
@@ -752,9 +792,16 @@ impl SwarmTask {
             Cmd::Status { reply } => {
                 let routing_table = b.kad.kbuckets().map(|k| k.num_entries()).sum();
                 let stored_records = b.kad.store_mut().len();
+                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                let relayed = peers
+                    .iter()
+                    .filter(|p| self.connections.values().filter(|(q, _)| q == *p).all(|(_, relayed)| *relayed))
+                    .copied()
+                    .collect();
                 let _ = reply.send(SwarmStatus {
                     listen: self.swarm.listeners().cloned().chain(self.swarm.external_addresses().cloned()).collect(),
-                    peers: self.swarm.connected_peers().copied().collect(),
+                    peers,
+                    relayed,
                     routing_table,
                     stored_records,
                 });
@@ -780,13 +827,45 @@ impl SwarmTask {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => debug!(?e, "relay client"),
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
-                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
+                let addr = endpoint.get_remote_address();
+                debug!(peer = %peer_id, %addr, "connected");
+                let relayed = addr.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+                self.connections.insert(connection_id, (peer_id, relayed));
                 if !self.bootstrapped {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
+                if let Some(relay) = self.relays.get(&peer_id) {
+                    if !self.relay_listeners.contains_key(&peer_id) {
+                        let circuit = relay.clone().with(Protocol::P2pCircuit);
+                        match self.swarm.listen_on(circuit.clone()) {
+                            Ok(id) => {
+                                self.relay_listeners.insert(peer_id, id);
+                            }
+                            Err(e) => warn!(%circuit, error = %e, "cannot listen through relay"),
+                        }
+                    }
+                }
             }
-            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "mesh listening"),
+            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                self.connections.remove(&connection_id);
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                // A relay listener that closed is opened again on the next
+                // connection to that relay.
+                self.relay_listeners.retain(|_, id| *id != listener_id);
+                debug!(?reason, "listener closed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "mesh listening");
+                // A zone node listens where its zone can reach it: its
+                // concrete listen addresses are its external addresses
+                // (a relay hands them to the nodes it serves).
+                let circuit = address.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+                if !circuit {
+                    self.swarm.add_external_address(address);
+                }
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "dial failed");
             }

@@ -58,6 +58,24 @@ pub enum AdminRequest {
     InviteList,
     /// Node status.
     Status,
+    /// Mesh status: peers, routing table, records, rejections, deliveries.
+    MeshStatus,
+}
+
+impl AdminRequest {
+    /// The operation's name, for logs (no arguments: they may hold passwords).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::UserAdd { .. } => "user add",
+            Self::UserList => "user list",
+            Self::UserRemove { .. } => "user remove",
+            Self::UserPasswd { .. } => "user passwd",
+            Self::InviteCreate { .. } => "invite create",
+            Self::InviteList => "invite list",
+            Self::Status => "status",
+            Self::MeshStatus => "mesh status",
+        }
+    }
 }
 
 /// The answer to an [`AdminRequest`].
@@ -82,11 +100,20 @@ fn user_name(accounts: &Accounts, name: &str) -> Result<UserName, AccountError> 
 
 /// Runs one request. `calls` is the running node's calls service (to
 /// disconnect revoked sessions), absent when the CLI works offline.
-pub async fn execute(accounts: &Accounts, store: &Store, calls: Option<&Calls>, req: AdminRequest) -> AdminResponse {
+pub async fn execute(
+    accounts: &Accounts,
+    store: &Store,
+    calls: Option<&Calls>,
+    mesh: Option<&dht::Mesh>,
+    req: AdminRequest,
+) -> AdminResponse {
     let result: Result<Value, AccountError> = async {
         match req {
             AdminRequest::UserAdd { name, password } => {
                 let user = accounts.create(&name, &password).await?;
+                if let Some(m) = mesh {
+                    m.publish_user(user.name.clone()).await;
+                }
                 Ok(json!({"user": user}))
             }
             AdminRequest::UserList => {
@@ -98,7 +125,11 @@ pub async fn execute(accounts: &Accounts, store: &Store, calls: Option<&Calls>, 
                 Ok(json!({"users": users}))
             }
             AdminRequest::UserRemove { name } => {
-                let revoked = accounts.remove(&user_name(accounts, &name)?).await?;
+                let user = user_name(accounts, &name)?;
+                let revoked = accounts.remove(&user).await?;
+                if let Some(m) = mesh {
+                    m.unpublish_user(&user);
+                }
                 if let Some(c) = calls {
                     c.send(Command::SessionsRevoked { ids: revoked.clone() }).await;
                 }
@@ -134,6 +165,11 @@ pub async fn execute(accounts: &Accounts, store: &Store, calls: Option<&Calls>, 
                 }
                 Ok(v)
             }
+            AdminRequest::MeshStatus => match mesh {
+                Some(m) => Ok(serde_json::to_value(m.status().await).unwrap_or_default()),
+                None if calls.is_some() => Ok(json!({"enabled": false})),
+                None => Err(AccountError::Internal("the node is not running; mesh status needs it".into())),
+            },
         }
     }
     .await;
@@ -176,8 +212,8 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
             let resp = match reader.read_line(&mut line).await {
                 Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
                     Ok(req) => {
-                        info!(op = ?std::mem::discriminant(&req), "admin request");
-                        execute(&state.accounts, &state.store, Some(&state.calls), req).await
+                        info!(op = req.name(), "admin request");
+                        execute(&state.accounts, &state.store, Some(&state.calls), state.mesh.as_ref(), req).await
                     }
                     Err(e) => AdminResponse::Error { message: format!("bad request: {e}") },
                 },

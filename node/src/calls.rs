@@ -12,10 +12,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dht::mesh::PeerId;
+use dht::{Mesh, Receipt, Responder};
 use rand::RngCore;
 use signalling::{
-    Address, CallId, CallRecord, ClientToNode, Config as SbConfig, DeviceId, ErrorCode, HistoryEntry, HistoryKind,
-    Input, Media, NodeToClient, Notice, Output, RequestId, Route, Stats, Switchboard, Time,
+    Address, CallId, CallRecord, ClientToNode, Config as SbConfig, DeviceId, EndReason, ErrorCode, HistoryEntry,
+    HistoryKind, Input, Media, NodeToClient, NodeToNode, Notice, Output, RequestId, Route, Stats, Switchboard, Time,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -97,6 +99,47 @@ pub enum Command {
         /// Session ids.
         ids: Vec<String>,
     },
+    /// Another node invites a local user (the sender is verified to hold
+    /// the caller's zone).
+    Invited {
+        /// The inviting node.
+        peer: PeerId,
+        /// The call.
+        call: CallId,
+        /// The remote caller.
+        from: Address,
+        /// The local callee.
+        to: Address,
+        /// Media offered.
+        media: Media,
+        /// `None` if the callee exists here, else why not.
+        refused: Option<EndReason>,
+        /// The delivery receipt.
+        reply: Responder,
+    },
+    /// A message from another node about a call crossing nodes.
+    FromNode {
+        /// The sending node.
+        peer: PeerId,
+        /// The message.
+        msg: NodeToNode,
+        /// The delivery receipt.
+        reply: Responder,
+    },
+    /// The home node of a remote callee was found and took the invite.
+    PeerResolved {
+        /// The call.
+        call: CallId,
+        /// That node.
+        peer: PeerId,
+    },
+    /// The other node of a call could not be found or reached.
+    RouteFailed {
+        /// The call.
+        call: CallId,
+        /// What to tell the caller.
+        reason: EndReason,
+    },
     /// Report counts.
     Stats {
         /// Where to send them.
@@ -128,7 +171,20 @@ struct Actor {
     pending: Vec<(DeviceId, Outgoing)>,
     notices: Vec<(Address, CallId, Notice)>,
     dirty: bool,
+    mesh: Option<Mesh>,
+    me: mpsc::Sender<Command>,
+    /// Calls that cross nodes: the other node (once known) and the queue
+    /// of messages for it.
+    remote: HashMap<CallId, RemoteLeg>,
 }
+
+struct RemoteLeg {
+    peer: Option<PeerId>,
+    queue: Option<mpsc::Sender<NodeToNode>>,
+}
+
+/// Messages queued for one remote call before it counts as stuck.
+const REMOTE_QUEUE: usize = 64;
 
 /// A fresh random id: 16 random bytes in hex, with a prefix.
 pub fn random_id(prefix: &str) -> String {
@@ -139,7 +195,14 @@ pub fn random_id(prefix: &str) -> String {
 
 impl Calls {
     /// Starts the service; it runs until every handle is dropped.
-    pub fn spawn(store: Store, ring: Duration, grace: Duration, max_devices: usize, max_history: usize) -> Self {
+    pub fn spawn(
+        store: Store,
+        mesh: Option<Mesh>,
+        ring: Duration,
+        grace: Duration,
+        max_devices: usize,
+        max_history: usize,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let actor = Actor {
             sb: Switchboard::new(SbConfig {
@@ -154,6 +217,9 @@ impl Calls {
             pending: Vec::new(),
             notices: Vec::new(),
             dirty: false,
+            mesh,
+            me: tx.clone(),
+            remote: HashMap::new(),
         };
         tokio::spawn(actor.run(rx));
         Self { tx }
@@ -287,6 +353,32 @@ impl Actor {
             Command::Stats { reply } => {
                 let _ = reply.send(self.sb.stats());
             }
+            Command::Invited { peer, call, from, to, media, refused, reply } => {
+                if !self.remote.contains_key(&call) {
+                    self.remote.insert(call.clone(), RemoteLeg { peer: Some(peer), queue: None });
+                    info!(call = %call.0, from = %Pii(&from), "invited from another zone");
+                    self.sb.handle_input(now, Input::Invited { call, from, to, media, refused });
+                }
+                tokio::spawn(reply.send(Receipt::Delivered));
+            }
+            Command::FromNode { peer, msg, reply } => {
+                let known = self.remote.get(msg.call()).is_some_and(|r| r.peer == Some(peer));
+                let receipt = if known {
+                    self.sb.handle_input(now, Input::FromNode { msg });
+                    Receipt::Delivered
+                } else {
+                    Receipt::Refused { reason: "no such call with this node".into() }
+                };
+                tokio::spawn(reply.send(receipt));
+            }
+            Command::PeerResolved { call, peer } => {
+                if let Some(r) = self.remote.get_mut(&call) {
+                    r.peer = Some(peer);
+                }
+            }
+            Command::RouteFailed { call, reason } => {
+                self.sb.handle_input(now, Input::RouteFailed { call, reason });
+            }
         }
     }
 
@@ -360,12 +452,39 @@ impl Actor {
         while let Some(out) = self.sb.poll_output() {
             match out {
                 Output::Send { to, msg } => self.queue(&to, &msg),
-                Output::CallFinished(record) => self.record(&record),
+                Output::CallFinished(record) => {
+                    self.remote.remove(&record.call);
+                    self.record(&record);
+                }
+                Output::ToNode { peer, msg } => self.to_node(peer, msg),
                 Output::DeviceRemoved { device } => {
                     self.conns.remove(&device);
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Queues `msg` for the other node of its call, starting the call's
+    /// delivery task on its first message.
+    fn to_node(&mut self, peer_user: Address, msg: NodeToNode) {
+        let Some(mesh) = self.mesh.clone() else {
+            let call = msg.call().clone();
+            let now = self.now();
+            self.sb.handle_input(now, Input::RouteFailed { call, reason: EndReason::UnknownZone });
+            return;
+        };
+        let call = msg.call().clone();
+        let leg = self.remote.entry(call.clone()).or_insert(RemoteLeg { peer: None, queue: None });
+        let queue = leg.queue.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
+            tokio::spawn(deliver(mesh, leg.peer, peer_user, call.clone(), rx, self.me.clone()));
+            tx
+        });
+        if queue.try_send(msg).is_err() {
+            warn!(call = %call.0, "remote call queue full; ending the call");
+            let now = self.now();
+            self.sb.handle_input(now, Input::RouteFailed { call, reason: EndReason::UnreachableZone });
         }
     }
 
@@ -412,6 +531,56 @@ impl Actor {
             }
         }
         self.dirty = true;
+    }
+}
+
+/// Delivers one remote call's messages in order: the first (an invite, on
+/// the caller's node) after resolving the callee's home node, the rest to
+/// the node that took it. The calls service learns the node before the
+/// invite leaves, so the node's answers are recognised. A failure ends the
+/// call.
+async fn deliver(
+    mesh: Mesh,
+    mut peer: Option<PeerId>,
+    user: Address,
+    call: CallId,
+    mut rx: mpsc::Receiver<NodeToNode>,
+    calls: mpsc::Sender<Command>,
+) {
+    while let Some(msg) = rx.recv().await {
+        let sent = match peer {
+            Some(p) => mesh.send_to(p, msg).await,
+            None => first_delivery(&mesh, &user, &call, &calls, msg).await.map(|p| peer = Some(p)),
+        };
+        if let Err(e) = sent {
+            warn!(call = %call.0, error = %e, "delivery to another zone failed");
+            let _ = calls.send(Command::RouteFailed { call, reason: e.end_reason() }).await;
+            return;
+        }
+    }
+}
+
+/// Resolves `user`'s home node, tells the calls service, delivers `msg`;
+/// on an unreachable node, looks again once (the node may have moved).
+async fn first_delivery(
+    mesh: &Mesh,
+    user: &Address,
+    call: &CallId,
+    calls: &mpsc::Sender<Command>,
+    msg: NodeToNode,
+) -> Result<PeerId, dht::RouteError> {
+    let mut tries = 0;
+    loop {
+        let (peer, addrs) = mesh.resolve(user).await?;
+        let _ = calls.send(Command::PeerResolved { call: call.clone(), peer }).await;
+        match mesh.deliver(peer, addrs, msg.clone()).await {
+            Ok(()) => return Ok(peer),
+            Err(dht::RouteError::Unreachable(_)) if tries == 0 => {
+                tries += 1;
+                mesh.forget(user);
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -189,6 +189,9 @@ async fn register(
     ApiJson(b): ApiJson<RegisterBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let user = s.accounts.register(&b.name, &b.password, b.invite.as_deref(), peer.ip()).await?;
+    if let Some(mesh) = &s.mesh {
+        mesh.publish_user(user.name.clone()).await;
+    }
     Ok((StatusCode::CREATED, Json(json!({"user": user}))))
 }
 

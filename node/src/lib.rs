@@ -17,6 +17,7 @@ pub mod accounts;
 pub mod admin;
 pub mod calls;
 pub mod config;
+pub mod federation;
 pub mod http;
 pub mod identity;
 pub mod pii;

@@ -53,6 +53,15 @@ enum Cmd {
     Invite(InviteCmd),
     /// Show the node's status.
     Status,
+    /// The mesh of zones.
+    #[command(subcommand)]
+    Mesh(MeshCmd),
+}
+
+#[derive(Subcommand)]
+enum MeshCmd {
+    /// Peers, routing table, stored records, rejected records, deliveries.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -161,6 +170,7 @@ async fn real_main(cli: Cli) -> Result<(), String> {
         Cmd::Invite(InviteCmd::Create { uses }) => AdminRequest::InviteCreate { uses },
         Cmd::Invite(InviteCmd::List) => AdminRequest::InviteList,
         Cmd::Status => AdminRequest::Status,
+        Cmd::Mesh(MeshCmd::Status) => AdminRequest::MeshStatus,
     };
     let config = Config::load(config_file.as_deref(), &overrides).map_err(|e| e.to_string())?;
     let resp = admin_request(&config, request).await?;
@@ -192,7 +202,7 @@ async fn admin_request(config: &Config, req: AdminRequest) -> Result<AdminRespon
         Err(e) => return Err(e.to_string()),
     };
     let accounts = xarxa_node::accounts::Accounts::new(store.clone(), config).map_err(|e| e.to_string())?;
-    let resp = admin::execute(&accounts, &store, None, req).await;
+    let resp = admin::execute(&accounts, &store, None, None, req).await;
     store.flush().await.map_err(|e| e.to_string())?;
     Ok(resp)
 }

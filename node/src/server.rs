@@ -31,6 +31,8 @@ pub struct AppState {
     pub store: Store,
     /// The calls service.
     pub calls: Calls,
+    /// The mesh, unless disabled.
+    pub mesh: Option<dht::Mesh>,
     /// WebSocket slots (`limits.max_connections`).
     pub connections: Arc<Semaphore>,
     /// Numbers sockets.
@@ -56,6 +58,9 @@ pub enum ServerError {
     /// The accounts service.
     #[error(transparent)]
     Accounts(#[from] AccountError),
+    /// The mesh.
+    #[error(transparent)]
+    Mesh(#[from] dht::MeshError),
     /// A socket or file.
     #[error("{what}: {source}")]
     Io {
@@ -77,6 +82,10 @@ pub struct RunInfo {
     pub zone: String,
     /// Its version.
     pub version: String,
+    /// Its mesh peer id, if the mesh is on.
+    pub peer_id: Option<String>,
+    /// Mesh addresses others can bootstrap from (with `/p2p/<peer id>`).
+    pub mesh: Vec<String>,
 }
 
 /// A node ready to serve.
@@ -109,8 +118,21 @@ impl Server {
         let store = Store::open(&data.join("db"))?;
         let purged = store.purge_expired_sessions(crate::accounts::now_ms())?;
         let accounts = Accounts::new(store.clone(), &config)?;
+        let mesh = if config.mesh.enabled {
+            let mesh_config = config.mesh.to_mesh_config(config.zone_name()?)?;
+            let (mesh, inbound) = dht::Mesh::start(key.clone(), store.mesh_tree()?, mesh_config).await?;
+            for user in store.users()? {
+                if let Ok(name) = signalling::UserName::parse(&user.name) {
+                    mesh.publish_user(name).await;
+                }
+            }
+            Some((mesh, inbound))
+        } else {
+            None
+        };
         let calls = Calls::spawn(
             store.clone(),
+            mesh.as_ref().map(|(m, _)| m.clone()),
             config.timeouts.ring,
             config.timeouts.grace,
             config.limits.max_devices_per_user,
@@ -122,7 +144,9 @@ impl Server {
         let addr = listener.local_addr().map_err(io("reading listen address"))?;
         let admin = crate::admin::bind(&data)?;
         info!(zone = %config.zone, node = %node_id, %addr, purged_sessions = purged, "zone node ready");
+        let (mesh, inbound) = mesh.unzip();
         let state = Arc::new(AppState {
+            mesh,
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             next_conn: AtomicU64::new(1),
             config,
@@ -130,6 +154,9 @@ impl Server {
             store,
             calls,
         });
+        if let Some(inbound) = inbound {
+            tokio::spawn(crate::federation::serve_inbound(state.clone(), inbound));
+        }
         Ok(Self { state, listener, admin, tls, addr })
     }
 
@@ -143,11 +170,26 @@ impl Server {
     /// `node.json`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
         let data: PathBuf = self.state.config.data_dir.clone();
+        let mut mesh_addrs = Vec::new();
+        if let Some(mesh) = &self.state.mesh {
+            // Wait (briefly) for the mesh listeners so node.json can name them.
+            for _ in 0..100 {
+                mesh_addrs = mesh.status().await.listen;
+                if !mesh_addrs.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let me = mesh.peer_id();
+            mesh_addrs = mesh_addrs.into_iter().map(|a| format!("{a}/p2p/{me}")).collect();
+        }
         let info = RunInfo {
             pid: std::process::id(),
             https: self.addr,
             zone: self.state.config.zone.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            peer_id: self.state.mesh.as_ref().map(|m| m.peer_id().to_string()),
+            mesh: mesh_addrs,
         };
         let handle = axum_server::Handle::new();
         let app = crate::http::router(self.state.clone());

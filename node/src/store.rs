@@ -433,6 +433,12 @@ impl Store {
         }
     }
 
+    /// The tree the mesh keeps its DHT records in (handed to the dht crate's
+    /// persistent record store, which owns its contents).
+    pub fn mesh_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree("mesh_records")?)
+    }
+
     /// Counts of records, for status output.
     pub fn counts(&self) -> (usize, usize) {
         (self.users.len(), self.sessions.len())

@@ -304,7 +304,11 @@ impl Connection {
                 let route = if &to.zone != zone {
                     // Other zones are reached through the mesh; without it,
                     // no node is known to hold that zone.
-                    Route::Refused(EndReason::UnknownZone)
+                    if self.state.mesh.is_some() {
+                        Route::Remote
+                    } else {
+                        Route::Refused(EndReason::UnknownZone)
+                    }
                 } else {
                     match self.state.store.user_exists(to.name.as_str()) {
                         Ok(true) => Route::Local,
