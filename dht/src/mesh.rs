@@ -244,6 +244,11 @@ struct SwarmStatus {
     stored_records: usize,
 }
 
+/// A resolved home node: its peer id, addresses, and when it was resolved.
+type Route = (PeerId, Vec<Multiaddr>, Instant);
+/// A lookup under way: the values found so far and who waits for them.
+type PendingGet = (Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>);
+
 #[derive(Default)]
 struct Shared {
     rejections: Rejections,
@@ -254,7 +259,7 @@ struct Shared {
     claim: Mutex<Option<ClaimState>>,
     users: Mutex<BTreeSet<UserName>>,
     /// Resolved users: peer, addresses, when resolved.
-    user_cache: Mutex<HashMap<Address, (PeerId, Vec<Multiaddr>, Instant)>>,
+    user_cache: Mutex<HashMap<Address, Route>>,
     /// Resolved zone claims and when.
     claim_cache: Mutex<HashMap<ZoneName, (SignedZoneClaim, Instant)>>,
 }
@@ -734,7 +739,7 @@ struct SwarmTask {
     cmd_tx: mpsc::Sender<Cmd>,
     inbound: mpsc::Sender<Inbound>,
     shared: Arc<Shared>,
-    gets: HashMap<kad::QueryId, (Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>)>,
+    gets: HashMap<kad::QueryId, PendingGet>,
     puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), String>>>,
     sends: HashMap<OutboundRequestId, oneshot::Sender<Result<Receipt, String>>>,
     bootstrapped: bool,
@@ -813,11 +818,11 @@ impl SwarmTask {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.kad_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Signal(e)) => self.signal_event(e),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                if info.protocols.iter().any(|p| *p == crate::behaviour::KAD_PROTOCOL) {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                if info.protocols.contains(&crate::behaviour::KAD_PROTOCOL) =>
+            {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
@@ -889,16 +894,10 @@ impl SwarmTask {
                         self.finish_get(id);
                     }
                 }
-                QueryResult::GetRecord(_) => {
-                    if step.last {
-                        self.finish_get(id);
-                    }
-                }
-                QueryResult::PutRecord(r) => {
-                    if step.last {
-                        if let Some(reply) = self.puts.remove(&id) {
-                            let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
-                        }
+                QueryResult::GetRecord(_) if step.last => self.finish_get(id),
+                QueryResult::PutRecord(r) if step.last => {
+                    if let Some(reply) = self.puts.remove(&id) {
+                        let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
                     }
                 }
                 _ => {}

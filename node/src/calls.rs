@@ -456,7 +456,7 @@ impl Actor {
                     self.remote.remove(&record.call);
                     self.record(&record);
                 }
-                Output::ToNode { peer, msg } => self.to_node(peer, msg),
+                Output::ToNode { peer, msg } => self.send_node(peer, msg),
                 Output::DeviceRemoved { device } => {
                     self.conns.remove(&device);
                 }
@@ -467,7 +467,7 @@ impl Actor {
 
     /// Queues `msg` for the other node of its call, starting the call's
     /// delivery task on its first message.
-    fn to_node(&mut self, peer_user: Address, msg: NodeToNode) {
+    fn send_node(&mut self, peer_user: Address, msg: NodeToNode) {
         let Some(mesh) = self.mesh.clone() else {
             let call = msg.call().clone();
             let now = self.now();

@@ -323,7 +323,7 @@ impl Switchboard {
             Input::Dial { device, id, call, callee, route, media } => self.dial(device, id, call, callee, route, media),
             Input::Request { device, msg } => self.request(device, msg),
             Input::Invited { call, from, to, media, refused } => self.invited(call, from, to, media, refused),
-            Input::FromNode { msg } => self.from_node(msg),
+            Input::FromNode { msg } => self.node_message(msg),
             Input::RouteFailed { call, reason } => self.route_failed(&call, reason),
         }
     }
@@ -400,7 +400,7 @@ impl Switchboard {
         self.out.push_back(Output::Send { to: to.clone(), msg });
     }
 
-    fn to_node(&mut self, peer: &Address, msg: NodeToNode) {
+    fn send_node(&mut self, peer: &Address, msg: NodeToNode) {
         self.out.push_back(Output::ToNode { peer: peer.clone(), msg });
     }
 
@@ -509,10 +509,8 @@ impl Switchboard {
     fn refused_record(
         &mut self,
         call: CallId,
-        caller: Address,
-        callee: Address,
-        caller_local: bool,
-        callee_local: bool,
+        (caller, callee): (Address, Address),
+        (caller_local, callee_local): (bool, bool),
         media: Media,
         reason: EndReason,
     ) {
@@ -555,11 +553,11 @@ impl Switchboard {
         if let Some(reason) = refused {
             self.send(&device, NodeToClient::Ended { call: call.clone(), reason });
             let local = route == Route::Local;
-            return self.refused_record(call, caller, callee, true, local, media, reason);
+            return self.refused_record(call, (caller, callee), (true, local), media, reason);
         }
         let remote = route == Route::Remote;
         let deadline = if remote {
-            self.to_node(
+            self.send_node(
                 &callee,
                 NodeToNode::Invite { call: call.clone(), from: caller.clone(), to: callee.clone(), media },
             );
@@ -599,15 +597,15 @@ impl Switchboard {
             .or_else(|| online.is_empty().then_some(EndReason::Offline))
             .or_else(|| self.is_busy(&to).then_some(EndReason::Busy));
         if let Some(reason) = refused {
-            self.to_node(&from, NodeToNode::Ended { call: call.clone(), reason });
+            self.send_node(&from, NodeToNode::Ended { call: call.clone(), reason });
             let local = reason != EndReason::UnknownUser;
-            return self.refused_record(call, from, to, false, local, media, reason);
+            return self.refused_record(call, (from, to), (false, local), media, reason);
         }
         let deadline = self.now.plus_ms(self.config.ring_timeout_ms);
         for d in &online {
             self.send(d, NodeToClient::Incoming { call: call.clone(), from: from.clone(), media });
         }
-        self.to_node(&from, NodeToNode::Ringing { call: call.clone() });
+        self.send_node(&from, NodeToNode::Ringing { call: call.clone() });
         self.timers.insert((deadline, Timer::Ring(call.clone())));
         self.calls.insert(
             call,
@@ -623,7 +621,7 @@ impl Switchboard {
         );
     }
 
-    fn from_node(&mut self, msg: NodeToNode) {
+    fn node_message(&mut self, msg: NodeToNode) {
         let Some(call) = self.calls.get_mut(msg.call()) else { return };
         // Which side is remote decides what the message may do.
         let remote_side = if call.callee_remote { Side::Callee } else { Side::Caller };
@@ -725,7 +723,7 @@ impl Switchboard {
         self.send(&device, NodeToClient::Ok { id });
         match caller_leg {
             Leg::Local(d) => self.send(&d, NodeToClient::Accepted { call: call_id.clone() }),
-            Leg::Remote => self.to_node(&caller, NodeToNode::Accepted { call: call_id.clone() }),
+            Leg::Remote => self.send_node(&caller, NodeToNode::Accepted { call: call_id.clone() }),
         }
         for d in others {
             self.send(&d, NodeToClient::Ended { call: call_id.clone(), reason: EndReason::AnsweredElsewhere });
@@ -777,7 +775,7 @@ impl Switchboard {
         self.send(&device, NodeToClient::Ok { id });
         match peer_leg {
             Leg::Local(d) => self.send(&d, NodeToClient::Signal { call: call_id, signal }),
-            Leg::Remote => self.to_node(&peer, NodeToNode::Signal { call: call_id, signal }),
+            Leg::Remote => self.send_node(&peer, NodeToNode::Signal { call: call_id, signal }),
         }
     }
 
@@ -821,7 +819,7 @@ impl Switchboard {
             match &call.caller_leg {
                 Leg::Local(d) => self.send(d, msg),
                 Leg::Remote => {
-                    self.to_node(&call.caller, NodeToNode::Ended { call: call_id.clone(), reason: to_caller })
+                    self.send_node(&call.caller, NodeToNode::Ended { call: call_id.clone(), reason: to_caller })
                 }
             }
         }
@@ -830,7 +828,7 @@ impl Switchboard {
                 self.send(d, NodeToClient::Ended { call: call_id.clone(), reason: to_callee });
             }
             if call.callee_remote {
-                self.to_node(&call.callee, NodeToNode::Ended { call: call_id.clone(), reason: to_callee });
+                self.send_node(&call.callee, NodeToNode::Ended { call: call_id.clone(), reason: to_callee });
             }
         }
         // A device whose connection is gone and whose call just ended has
