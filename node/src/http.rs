@@ -9,7 +9,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts
 use axum::http::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -138,7 +138,10 @@ impl FromRequestParts<Arc<AppState>> for Auth {
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
     Router::new()
-        .route("/", get(index))
+        .route("/", get(crate::web::index))
+        .route("/app.css", get(crate::web::css))
+        .route("/pkg/xarxa_client.js", get(crate::web::js))
+        .route("/pkg/xarxa_client_bg.wasm", get(crate::web::wasm))
         .route("/health", get(health))
         .route("/api/v1/register", post(register))
         .route("/api/v1/login", post(login))
@@ -152,20 +155,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/notices", get(notices))
         .route("/api/v1/notices/{id}/read", post(read_notice))
         .route("/api/v1/ws", get(crate::ws::upgrade))
+        .route("/api/v1/ice", get(ice_servers))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
-}
-
-/// # `GET /`
-async fn index(State(s): State<Arc<AppState>>) -> Html<String> {
-    let zone = s.accounts.zone();
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-         <title>Xarxa · {zone}</title></head><body><h1>Xarxa zone <em>{zone}</em></h1>\
-         <p>Xarxa {v}: calls and chat for community networks.</p></body></html>",
-        v = env!("CARGO_PKG_VERSION")
-    ))
 }
 
 /// # `GET /health`
@@ -375,4 +368,53 @@ async fn read_notice(
     }
     s.store.flush().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The host part of a `Host` header or URI authority (`[::1]:8443` →
+/// `[::1]`, `node.example:8443` → `node.example`), if it is a plain host
+/// name or IP literal.
+fn host_part(authority: &str) -> Option<&str> {
+    let host = if authority.starts_with('[') {
+        &authority[..=authority.find(']')?]
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+    ok.then_some(host)
+}
+
+/// # `GET /api/v1/ice`
+///
+/// ICE servers for the caller's `RTCPeerConnection`: this node's STUN and
+/// TURN with time-limited credentials (never the secret).
+async fn ice_servers(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(turn) = &s.turn else {
+        return Ok(Json(json!({"ice_servers": [], "ttl_s": 0})));
+    };
+    let authority = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let host = match &s.config.turn.public_host {
+        Some(h) => h.as_str(),
+        None => host_part(authority).ok_or_else(|| ApiError::BadRequest("no usable Host header".into()))?,
+    };
+    let port = turn.local_addr().port();
+    let creds = turn.credentials(a.user.name.as_str());
+    Ok(Json(json!({
+        "ice_servers": [{
+            "urls": [format!("stun:{host}:{port}"), format!("turn:{host}:{port}?transport=udp")],
+            "username": creds.username,
+            "credential": creds.password,
+        }],
+        "ttl_s": turn.credential_ttl().as_secs(),
+    })))
 }

@@ -24,4 +24,6 @@ pub mod pii;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod turn;
+pub mod web;
 pub mod ws;
