@@ -58,6 +58,8 @@ struct Call {
 
 enum Pending {
     Dial,
+    /// A hang-up: history is reloaded once the node has recorded it.
+    Hangup,
     Accept(CallId, String, Media),
     Other,
 }
@@ -361,11 +363,11 @@ fn handle(msg: NodeToClient) {
                 }
             });
         }
-        NodeToClient::Ok { id } => {
-            if let Some(Pending::Accept(call, peer, media)) = with(|a| a.pending.remove(&id)) {
-                start_callee(call, peer, media);
-            }
-        }
+        NodeToClient::Ok { id } => match with(|a| a.pending.remove(&id)) {
+            Some(Pending::Accept(call, peer, media)) => start_callee(call, peer, media),
+            Some(Pending::Hangup) => wasm_bindgen_futures::spawn_local(load_history()),
+            _ => {}
+        },
         NodeToClient::Pong { id } => {
             with(|a| a.pending.remove(&id));
         }
@@ -477,7 +479,7 @@ fn show_next_incoming_or_home() {
 fn hang_up() {
     let id = with(|a| a.call.as_ref().and_then(|c| c.id.clone()));
     if let Some(call) = id {
-        send(Pending::Other, |id| ClientToNode::Hangup { id, call });
+        send(Pending::Hangup, |id| ClientToNode::Hangup { id, call });
     }
     end_call_locally();
     banner("info", "Call ended.");
