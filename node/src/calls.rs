@@ -346,7 +346,11 @@ impl Actor {
                 let gone: Vec<DeviceId> =
                     self.conns.iter().filter(|(_, c)| ids.contains(&c.session)).map(|(d, _)| d.clone()).collect();
                 for d in gone {
-                    self.pending.push((d.clone(), Outgoing::Close(1008, "session revoked")));
+                    // Close now: the device is forgotten below, so a queued
+                    // frame would find no connection to go to.
+                    if let Some(tx) = self.conns.get_mut(&d).and_then(|c| c.tx.take()) {
+                        let _ = tx.try_send(Outgoing::Close(1008, "session revoked"));
+                    }
                     self.sb.handle_input(now, Input::DeviceGone { device: d });
                 }
             }

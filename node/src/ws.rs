@@ -175,18 +175,20 @@ impl Connection {
                 Message::Close(_) => return device,
                 Message::Ping(_) | Message::Pong(_) => continue,
             };
-            if !bucket.take() {
-                let e = NodeToClient::error(None, ErrorCode::RateLimited, "too many messages; slow down");
-                let _ = tx.send(Outgoing::Text(e.to_json())).await;
-                continue;
-            }
             if text.len() > limits.max_frame_bytes {
                 let msg = format!("frame of {} bytes is over the {} byte limit", text.len(), limits.max_frame_bytes);
                 let _ =
                     tx.send(Outgoing::Text(NodeToClient::error(None, ErrorCode::FrameTooLarge, msg).to_json())).await;
                 continue;
             }
-            let msg = match ClientToNode::parse(text.as_str()) {
+            let parsed = ClientToNode::parse(text.as_str());
+            if !bucket.take() {
+                let id = parsed.as_ref().map_or_else(|e| e.id, |m| Some(m.id()));
+                let e = NodeToClient::error(id, ErrorCode::RateLimited, "too many messages; slow down");
+                let _ = tx.send(Outgoing::Text(e.to_json())).await;
+                continue;
+            }
+            let msg = match parsed {
                 Ok(m) => m,
                 Err(e) => {
                     let _ = tx.send(Outgoing::Text(NodeToClient::error(e.id, e.code, e.message).to_json())).await;

@@ -104,7 +104,10 @@ pub fn now_ms() -> u64 {
 /// per test binary.
 ///
 /// The build uses the host target directory (no `--target`), so it reuses
-/// what `cargo build -p xarxa-node` already compiled.
+/// what `cargo build -p xarxa-node` already compiled instead of building
+/// the whole dependency tree a second time under `target/<triple>/`. (The
+/// workspace compiles Argon2 optimized even in the dev profile; unoptimized,
+/// one hash takes over a second and these suites make hundreds.)
 pub fn xarxa_bin() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -134,6 +137,15 @@ pub struct NodeInfo {
     pub zone: String,
     /// The node's version.
     pub version: String,
+    /// The node's mesh peer id (absent when the mesh is off).
+    #[serde(default)]
+    pub peer_id: Option<String>,
+    /// Mesh addresses to bootstrap from, each ending in `/p2p/<peer id>`.
+    #[serde(default)]
+    pub mesh: Vec<String>,
+    /// `host:port` of the STUN/TURN UDP listener (absent when TURN is off).
+    #[serde(default)]
+    pub turn: Option<String>,
 }
 
 /// A running (or stopped) `xarxa run` process with its own data directory.
@@ -239,7 +251,15 @@ impl Node {
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             proc: Mutex::new(None),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            info: NodeInfo { pid: 0, https: String::new(), zone: zone.to_owned(), version: String::new() },
+            info: NodeInfo {
+                pid: 0,
+                https: String::new(),
+                zone: zone.to_owned(),
+                version: String::new(),
+                peer_id: None,
+                mesh: Vec::new(),
+                turn: None,
+            },
             cert_pem: Vec::new(),
             root,
         };
@@ -263,6 +283,18 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
+        // The node reads its config from XARXA_* variables (and refuses
+        // unknown ones): only those the test gives reach it.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("XARXA_") {
+                cmd.env_remove(k);
+            }
+        }
+        // The mesh stays on loopback, on a free port, without mDNS
+        // multicast, unless the test says otherwise.
+        cmd.env("XARXA_MESH__LISTEN", "[\"/ip4/127.0.0.1/tcp/0\"]").env("XARXA_MESH__MDNS", "false");
+        // So does STUN/TURN (on by default, on UDP 3478 otherwise).
+        cmd.env("XARXA_TURN__LISTEN", "127.0.0.1:0");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -307,18 +339,21 @@ impl Node {
         self.proc.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Polls the process; once it has exited (and so been reaped), its
+    /// watchdog is stopped.
     fn try_wait(&self) -> Result<Option<std::process::ExitStatus>> {
         let mut guard = self.lock();
-        match guard.as_mut() {
-            None => Ok(None),
-            Some(r) => r.child.try_wait().context("polling the node process"),
+        let Some(r) = guard.as_mut() else { return Ok(None) };
+        let status = r.child.try_wait().context("polling the node process")?;
+        if status.is_some() {
+            stop_watchdog(r.watchdog.take());
         }
+        Ok(status)
     }
 
     /// Whether the node process is still running.
     pub fn is_running(&self) -> bool {
-        let mut guard = self.lock();
-        guard.as_mut().is_some_and(|r| matches!(r.child.try_wait(), Ok(None)))
+        matches!(self.try_wait(), Ok(None)) && self.lock().is_some()
     }
 
     /// Fails with the log tail unless the process runs and `GET /health`
@@ -680,18 +715,17 @@ impl Drop for Node {
     }
 }
 
-/// A shell that SIGKILLs `node_pid` once this test process is gone, and
-/// exits by itself once the node is gone. Covers nodes kept in statics
-/// (never dropped) and test binaries that abort.
+/// A shell that SIGKILLs `node_pid` once this test process is gone. It
+/// blocks reading a pipe whose only writer is this process (Rust makes its
+/// end close-on-exec, so no other child holds it); however this process
+/// ends, even by SIGKILL, the kernel closes that end, the read returns and
+/// the node is killed. Covers nodes kept in statics (never dropped) and
+/// test binaries that abort. The watchdog is stopped as soon as the node is
+/// reaped, so it never signals a recycled pid.
 fn spawn_watchdog(node_pid: u32) -> Option<Child> {
-    let script = r#"while kill -0 "$1" 2>/dev/null; do
-  kill -0 "$2" 2>/dev/null || exit 0
-  sleep 0.2
-done
-kill -9 "$2" 2>/dev/null"#;
     Command::new("sh")
-        .args(["-c", script, "xarxa-watchdog", &std::process::id().to_string(), &node_pid.to_string()])
-        .stdin(Stdio::null())
+        .args(["-c", r#"read _; kill -9 "$1" 2>/dev/null"#, "xarxa-watchdog", &node_pid.to_string()])
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -819,14 +853,14 @@ impl Device {
                     "{}: socket closed (code {code:?}) while waiting for the reply to request {id}; \
                      other replies: {:?}; events: {:?}",
                     self.label,
-                    self.replies,
-                    self.events
+                    Listing(&self.replies),
+                    Listing(&self.events)
                 ),
                 None => bail!(
                     "{}: no reply to request {id} within {timeout:?}; other replies: {:?}; events: {:?}",
                     self.label,
-                    self.replies,
-                    self.events
+                    Listing(&self.replies),
+                    Listing(&self.events)
                 ),
             }
         }
@@ -845,7 +879,7 @@ impl Device {
                 Some(Frame::Closed(code)) => {
                     bail!("{}: socket closed (code {code:?}) while waiting for a reply", self.label)
                 }
-                None => bail!("{}: no reply within {timeout:?}; events: {:?}", self.label, self.events),
+                None => bail!("{}: no reply within {timeout:?}; events: {:?}", self.label, Listing(&self.events)),
             }
         }
     }
@@ -904,10 +938,14 @@ impl Device {
                 Some(Frame::Closed(code)) => bail!(
                     "{}: expected {what}, but the socket closed (code {code:?}); events that came: {:?}",
                     self.label,
-                    self.events
+                    Listing(&self.events)
                 ),
                 None => {
-                    bail!("{}: expected {what} within {timeout:?}; events that came: {:?}", self.label, self.events)
+                    bail!(
+                        "{}: expected {what} within {timeout:?}; events that came: {:?}",
+                        self.label,
+                        Listing(&self.events)
+                    )
                 }
             }
         }
@@ -915,7 +953,7 @@ impl Device {
 
     /// Fails if any event is buffered or arrives within `dur`.
     pub async fn expect_no_event(&mut self, dur: Duration) -> Result<()> {
-        self.expect_no_event_matching("any event", dur, |_| true).await
+        self.expect_no_event_matching("event", dur, |_| true).await
     }
 
     /// Fails if an event matching `pred` is buffered or arrives within `dur`;
@@ -971,8 +1009,8 @@ impl Device {
                 None => bail!(
                     "{}: expected the node to close the socket within {timeout:?}; it stayed open (replies {:?}, events {:?})",
                     self.label,
-                    self.replies,
-                    self.events
+                    Listing(&self.replies),
+                    Listing(&self.events)
                 ),
             }
         }
@@ -1186,6 +1224,22 @@ impl std::fmt::Debug for Device {
     }
 }
 
+/// A short listing of buffered messages for failure messages: the first
+/// few, then how many more.
+struct Listing<'a>(&'a VecDeque<NodeToClient>);
+
+impl std::fmt::Debug for Listing<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 8;
+        let mut list = f.debug_list();
+        list.entries(self.0.iter().take(SHOWN));
+        if self.0.len() > SHOWN {
+            list.entry(&format_args!("… and {} more", self.0.len() - SHOWN));
+        }
+        list.finish()
+    }
+}
+
 /// `Some(id)` for replies (an error may have no id), `None` for events.
 pub fn reply_id(msg: &NodeToClient) -> Option<Option<RequestId>> {
     match msg {
@@ -1214,12 +1268,14 @@ pub fn check_error(label: &str, reply: &NodeToClient, code: ErrorCode, id: Optio
     }
 }
 
-/// Places a call from `caller` to `callee_addr`, has `callee` accept it,
-/// and waits until the caller sees `accepted`. Returns the call id.
+/// Places a call from `caller` to `callee_addr`; waits for `incoming` on
+/// `callee` and `ringing` on the caller; has `callee` accept it and waits
+/// until the caller sees `accepted`. Returns the call id.
 pub async fn connect_call(caller: &mut Device, callee: &mut Device, callee_addr: &str) -> Result<CallId> {
     let call = caller.call(callee_addr).await?;
     let what = format!("incoming {}", call.0);
     callee.expect_event(&what, WAIT, |e| matches!(e, NodeToClient::Incoming { call: c, .. } if *c == call)).await?;
+    caller.expect_ringing(&call, WAIT).await?;
     callee.accept(&call).await?;
     caller.expect_accepted(&call, WAIT).await?;
     Ok(call)

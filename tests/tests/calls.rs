@@ -113,19 +113,15 @@ async fn ring_all_first_accept_wins_and_signals_reach_only_the_two() -> Result<(
     b2.expect_no_event_matching("ended", QUIET, is_ended(&call)).await?;
 
     let ha = n.history_entry(&alice.token, &call, WAIT).await?;
-    assert_eq!((ha.kind, ha.outcome, ha.peer.to_string(), ha.media), (
-        HistoryKind::Sent,
-        Outcome::HungUpByCallee,
-        bob.address.clone(),
-        AUDIO_VIDEO
-    ));
+    assert_eq!(
+        (ha.kind, ha.outcome, ha.peer.to_string(), ha.media),
+        (HistoryKind::Sent, Outcome::HungUpByCallee, bob.address.clone(), AUDIO_VIDEO)
+    );
     let hb = n.history_entry(&bob.token, &call, WAIT).await?;
-    assert_eq!((hb.kind, hb.outcome, hb.peer.to_string(), hb.media), (
-        HistoryKind::Received,
-        Outcome::HungUpByCallee,
-        alice.address.clone(),
-        AUDIO_VIDEO
-    ));
+    assert_eq!(
+        (hb.kind, hb.outcome, hb.peer.to_string(), hb.media),
+        (HistoryKind::Received, Outcome::HungUpByCallee, alice.address.clone(), AUDIO_VIDEO)
+    );
     // An answered call leaves no missed-call notice, and carol has no trace of it.
     assert!(n.notices(&bob.token, true).await?.iter().all(|x| x.call != call), "answered call left a notice");
     assert!(n.history(&carol.token).await?.is_empty(), "carol's history should be empty");
@@ -144,6 +140,7 @@ async fn caller_hangs_up_and_history_has_talk_time() -> Result<()> {
     let call = a1.call(&bob.address).await?;
     let after_ms = now_ms();
     b1.expect_incoming(&call, &alice.address, WAIT).await?;
+    a1.expect_ringing(&call, WAIT).await?;
     let accept_sent = Instant::now();
     b1.accept(&call).await?;
     let accept_acked = Instant::now();
@@ -233,17 +230,19 @@ async fn no_answer_after_ring_timeout_gives_missed_call_notice() -> Result<()> {
     a1.expect_ringing(&call, WAIT).await?;
     a1.expect_ended(&call, EndReason::NoAnswer, RING + WAIT).await?;
     let rang = placed.elapsed();
-    assert!(rang + Duration::from_millis(50) >= RING, "ended no_answer after {rang:?}, before the {RING:?} ring timeout");
+    assert!(
+        rang + Duration::from_millis(50) >= RING,
+        "ended no_answer after {rang:?}, before the {RING:?} ring timeout"
+    );
 
     let mut pushed = Vec::new();
     for b in [&mut b1, &mut b2] {
         b.expect_ended(&call, EndReason::NoAnswer, WAIT).await?;
         let notice = b.expect_missed_call(&call, WAIT).await?;
-        assert_eq!((notice.from.to_string(), notice.reason, notice.read), (
-            alice.address.clone(),
-            EndReason::NoAnswer,
-            false
-        ));
+        assert_eq!(
+            (notice.from.to_string(), notice.reason, notice.read),
+            (alice.address.clone(), EndReason::NoAnswer, false)
+        );
         pushed.push(notice);
     }
     assert_eq!(pushed[0], pushed[1], "both devices should get the same notice");
@@ -263,7 +262,7 @@ async fn no_answer_after_ring_timeout_gives_missed_call_notice() -> Result<()> {
     a1.expect_error(ClientToNode::MarkRead { id, notice: notice.id }, ErrorCode::NotFound).await?;
     let id = b1.next_id();
     b1.expect_error(ClientToNode::MarkRead { id, notice: u64::MAX }, ErrorCode::NotFound).await?;
-    assert_eq!(n.notice_for(&bob.token, &call, WAIT).await?.read, false);
+    assert!(!n.notice_for(&bob.token, &call, WAIT).await?.read, "the notice should still be unread");
 
     // Bob marks it read from a device: gone from unread, kept (read) in all.
     b1.mark_read(notice.id).await?;
@@ -324,7 +323,10 @@ async fn busy_when_callee_is_in_another_call() -> Result<()> {
 
     let call = a1.call(&bob.address).await?;
     a1.expect_ended(&call, EndReason::Busy, WAIT).await?;
-    // Bob, in a call, is not disturbed: no ring, no push while in a call.
+    // Bob's device does not ring; being online and not in *that* call, it is
+    // told of the missed call at once (SPEC item 5).
+    let pushed = b1.expect_missed_call(&call, WAIT).await?;
+    assert_eq!((pushed.reason, pushed.from.to_string()), (EndReason::Busy, alice.address.clone()));
     b1.expect_no_event(QUIET).await?;
     c1.expect_no_event(QUIET).await?;
     // A device in a call cannot place another.
@@ -341,7 +343,7 @@ async fn busy_when_callee_is_in_another_call() -> Result<()> {
     let hb = n.history_entry(&bob.token, &call, WAIT).await?;
     assert_eq!((hb.kind, hb.outcome, hb.peer.to_string()), (HistoryKind::Missed, Outcome::Busy, alice.address.clone()));
     let notice = n.notice_for(&bob.token, &call, WAIT).await?;
-    assert_eq!((notice.reason, notice.from.to_string()), (EndReason::Busy, alice.address.clone()));
+    assert_eq!(notice, pushed);
 
     // After the call, a new device of bob's gets the unread notice after welcome.
     c1.hangup(&talk).await?;
@@ -369,7 +371,10 @@ async fn offline_callee_gets_the_notice_when_connecting() -> Result<()> {
     let mut b1 = n.device(&bob.token, "bob/b1").await?;
     let pushed = b1.expect_missed_call(&call, WAIT).await?;
     assert_eq!(pushed, notice);
-    assert_eq!((pushed.from.to_string(), pushed.reason, pushed.read), (alice.address.clone(), EndReason::Offline, false));
+    assert_eq!(
+        (pushed.from.to_string(), pushed.reason, pushed.read),
+        (alice.address.clone(), EndReason::Offline, false)
+    );
     // A second device gets it too, while it is unread; once read, new devices don't.
     let mut b2 = n.device(&bob.token, "bob/b2").await?;
     assert_eq!(b2.expect_missed_call(&call, WAIT).await?, notice);
@@ -456,16 +461,17 @@ async fn resume_within_grace_keeps_the_call() -> Result<()> {
     let old: DeviceId = b1.id.clone().expect("welcome gave a device id");
 
     b1.drop_connection();
-    // Sent while bob is away: held for his device and delivered after the new welcome.
-    let held = Signal::Chat { text: "hi ha algú?".into() };
-    a1.signal(&call, held.clone()).await?;
-
-    // Someone else cannot take bob's device over.
+    // Someone else cannot take bob's device over. (This round trip also
+    // gives the node time to see bob's socket go.)
     let mut intruder = n.connect("alice/intruder").await?;
     let id = intruder.next_id();
     let hello = ClientToNode::Hello { id, version: 1, token: alice.token.clone(), resume: Some(old.clone()) };
     let r = intruder.request(hello).await?;
     xarxa_tests::check_error("alice/intruder", &r, ErrorCode::ResumeFailed, Some(id))?;
+
+    // Sent while bob is away: held for his device and delivered after the new welcome.
+    let held = Signal::Chat { text: "hi ha algú?".into() };
+    a1.signal(&call, held.clone()).await?;
 
     let mut b1 = n.connect("bob/b1-again").await?;
     let welcome = b1.hello_with(&bob.token, Some(old.clone())).await?;

@@ -30,58 +30,49 @@ async fn history_and_notices_survive_a_restart() -> Result<()> {
     let u = n.users("r", &["alice", "bob"]).await?;
     let (alice, bob) = (u[0].clone(), u[1].clone());
     let mut a1 = n.device(&alice.token, "alice/a1").await?;
+    // 1: bob offline (he has never connected).
+    let offline = a1.call(&bob.address).await?;
+    a1.expect_ended(&offline, EndReason::Offline, WAIT).await?;
     let mut b1 = n.device(&bob.token, "bob/b1").await?;
     let mut b2 = n.device(&bob.token, "bob/b2").await?;
+    b1.expect_missed_call(&offline, WAIT).await?;
+    b2.expect_missed_call(&offline, WAIT).await?;
 
-    // 1: answered on b1, alice hangs up.
+    // 2: answered on b1, alice hangs up.
     let answered = connect_call(&mut a1, &mut b1, &bob.address).await?;
     b2.expect_ended(&answered, EndReason::AnsweredElsewhere, WAIT).await?;
     a1.hangup(&answered).await?;
     b1.expect_ended(&answered, EndReason::HungUp, WAIT).await?;
-    // 2: declined by both devices.
+    // 3: declined by both devices.
     let declined = a1.call(&bob.address).await?;
     for b in [&mut b1, &mut b2] {
         b.expect_incoming(&declined, &alice.address, WAIT).await?;
         b.reject(&declined).await?;
     }
     a1.expect_ended(&declined, EndReason::Declined, WAIT).await?;
-    // 3: nobody answers.
+    // 4: nobody answers.
     let unanswered = a1.call(&bob.address).await?;
     a1.expect_ended(&unanswered, EndReason::NoAnswer, WAIT + WAIT).await?;
-    // 4: alice cancels.
+    // 5: alice cancels.
     let cancelled = a1.call(&bob.address).await?;
     b1.expect_incoming(&cancelled, &alice.address, WAIT).await?;
     a1.hangup(&cancelled).await?;
     b1.expect_ended(&cancelled, EndReason::Cancelled, WAIT).await?;
-    // 5: bob offline.
-    drop(b1);
-    drop(b2);
-    let offline = loop {
-        // Bob's sockets were just dropped (no call, so no grace): wait until the node has noticed.
-        let c = a1.call(&bob.address).await?;
-        match a1.expect_event("ended", WAIT, |e| matches!(e, signalling::NodeToClient::Ended { call, .. } if *call == c))
-            .await?
-        {
-            signalling::NodeToClient::Ended { reason: EndReason::Offline, .. } => break c,
-            _ => {
-                a1.hangup(&c).await.ok();
-                anyhow::bail!("bob's devices are closed, yet the call {} was not `offline`", c.0);
-            }
-        }
-    };
+    drop((b1, b2));
 
     let want: Vec<(CallId, HistoryKind, Outcome, HistoryKind, Outcome)> = vec![
-        (offline.clone(), HistoryKind::Sent, Outcome::Offline, HistoryKind::Missed, Outcome::Offline),
         (cancelled.clone(), HistoryKind::Sent, Outcome::Cancelled, HistoryKind::Missed, Outcome::Cancelled),
         (unanswered.clone(), HistoryKind::Sent, Outcome::NoAnswer, HistoryKind::Missed, Outcome::NoAnswer),
         (declined.clone(), HistoryKind::Sent, Outcome::Declined, HistoryKind::Received, Outcome::Declined),
         (answered.clone(), HistoryKind::Sent, Outcome::HungUpByCaller, HistoryKind::Received, Outcome::HungUpByCaller),
+        (offline.clone(), HistoryKind::Sent, Outcome::Offline, HistoryKind::Missed, Outcome::Offline),
     ];
-    n.history_entry(&alice.token, &offline, WAIT).await?;
-    n.history_entry(&bob.token, &offline, WAIT).await?;
+    n.history_entry(&alice.token, &cancelled, WAIT).await?;
+    n.history_entry(&bob.token, &cancelled, WAIT).await?;
     let ha = n.history(&alice.token).await?;
     let hb = n.history(&bob.token).await?;
-    let summary = |h: &[signalling::HistoryEntry]| h.iter().map(|e| (e.call.clone(), e.kind, e.outcome)).collect::<Vec<_>>();
+    let summary =
+        |h: &[signalling::HistoryEntry]| h.iter().map(|e| (e.call.clone(), e.kind, e.outcome)).collect::<Vec<_>>();
     assert_eq!(summary(&ha), want.iter().map(|w| (w.0.clone(), w.1, w.2)).collect::<Vec<_>>(), "alice's history");
     assert_eq!(summary(&hb), want.iter().map(|w| (w.0.clone(), w.3, w.4)).collect::<Vec<_>>(), "bob's history");
 
@@ -112,15 +103,17 @@ async fn history_and_notices_survive_a_restart() -> Result<()> {
     assert_eq!(n.history(&bob.token).await?, hb, "bob's history after restart");
     assert_eq!(n.notices(&bob.token, true).await?, notices, "bob's notices after restart");
     let unread: Vec<CallId> = n.notices(&bob.token, false).await?.into_iter().map(|x| x.call).collect();
-    assert_eq!(unread, vec![cancelled.clone(), offline.clone()], "unread notices, oldest first");
+    assert_eq!(unread, vec![offline.clone(), cancelled.clone()], "unread notices, oldest first");
 
     // A device connecting now gets the unread ones after welcome, not the read one.
     let mut b3 = n.device(&bob.token, "bob/b3").await?;
-    b3.expect_missed_call(&cancelled, WAIT).await?;
     b3.expect_missed_call(&offline, WAIT).await?;
-    b3.expect_no_event_matching("missed_call for the read notice", QUIET, |e| {
-        matches!(e, signalling::NodeToClient::MissedCall { notice } if notice.call == unanswered)
-    })
+    b3.expect_missed_call(&cancelled, WAIT).await?;
+    b3.expect_no_event_matching(
+        "missed_call for the read notice",
+        QUIET,
+        |e| matches!(e, signalling::NodeToClient::MissedCall { notice } if notice.call == unanswered),
+    )
     .await?;
     Ok(())
 }
@@ -151,7 +144,22 @@ async fn acknowledged_writes_survive_kill_9() -> Result<()> {
     let mut a1 = n.device(&alice.token, "alice/a1").await?;
     let mut b1 = n.device(&bob.token, "bob/b1").await?;
     let mut calls: Vec<(CallId, Ending)> = Vec::new();
+    let mut read_notice = 0;
+    let mut deleted = 0;
+    let mut carol_other = String::new();
     for i in 0..CALLS {
+        if i == CALLS / 2 {
+            // Halfway, account changes, each acknowledged.
+            let first_cancelled = calls.iter().find(|c| matches!(c.1, Ending::Cancelled)).unwrap().0.clone();
+            read_notice = n.notice_for(&bob.token, &first_cancelled, WAIT).await?.id;
+            b1.mark_read(read_notice).await?;
+            deleted = n.history_entry(&alice.token, &calls[0].0, WAIT).await?.id;
+            n.delete(&format!("/api/v1/history/{deleted}"), Some(&alice.token)).await?.expect_status(204)?;
+            carol_other = n.login(&carol.name, PASSWORD).await?;
+            let change = json!({"old": PASSWORD, "new": "a brand new secret"});
+            n.post("/api/v1/password", Some(&carol.token), change).await?.expect_status(204)?;
+            n.post("/api/v1/logout", Some(&dave.token), json!({})).await?.expect_status(204)?;
+        }
         let ending = [Ending::Answered, Ending::Declined, Ending::Cancelled][i % 3];
         let call = a1.call(&bob.address).await?;
         b1.expect_incoming(&call, &alice.address, WAIT).await?;
@@ -174,18 +182,8 @@ async fn acknowledged_writes_survive_kill_9() -> Result<()> {
         }
         calls.push((call, ending));
     }
-    // Account changes, each acknowledged.
-    let first_cancelled = calls.iter().find(|c| matches!(c.1, Ending::Cancelled)).unwrap().0.clone();
-    let read_notice = n.notice_for(&bob.token, &first_cancelled, WAIT).await?.id;
-    b1.mark_read(read_notice).await?;
-    let deleted = n.history_entry(&alice.token, &calls[0].0, WAIT).await?.id;
-    n.delete(&format!("/api/v1/history/{deleted}"), Some(&alice.token)).await?.expect_status(204)?;
-    n.post("/api/v1/password", Some(&carol.token), json!({"old": PASSWORD, "new": "a brand new secret"}))
-        .await?
-        .expect_status(204)?;
-    n.post("/api/v1/logout", Some(&dave.token), json!({})).await?.expect_status(204)?;
 
-    // Crash right away.
+    // Crash right after the last acknowledgement.
     n.kill9()?;
     drop((a1, b1));
     n.start_again()?;
@@ -202,7 +200,8 @@ async fn acknowledged_writes_survive_kill_9() -> Result<()> {
     n.get("/api/v1/me", Some(&alice.token)).await?.expect_status(200).context("sessions survive")?;
     n.try_login(&carol.name, PASSWORD, None).await?.expect_error(401, "invalid_credentials")?;
     n.login(&carol.name, "a brand new secret").await.context("carol's new password survives")?;
-    n.get("/api/v1/me", Some(&carol.token)).await?.expect_error(401, "invalid_token")?;
+    n.get("/api/v1/me", Some(&carol.token)).await?.expect_status(200).context("the changing session stays")?;
+    n.get("/api/v1/me", Some(&carol_other)).await?.expect_error(401, "invalid_token").context("other session ended")?;
     n.get("/api/v1/me", Some(&dave.token)).await?.expect_error(401, "invalid_token").context("logout survives")?;
 
     let ha = n.history(&alice.token).await?;
