@@ -276,6 +276,7 @@ fn connect() {
 
 fn reconnect_later() {
     set_conn("reconnecting");
+    banner("error", "Lost the connection to the node; reconnecting…");
     let attempt = with(|a| {
         a.attempts += 1;
         a.attempts
