@@ -12,6 +12,8 @@
 //!   message per request, a delivery receipt per response).
 //! - [`mesh`]: the swarm task and the [`Mesh`] handle: publish, resolve,
 //!   deliver, status.
+//! - [`netem`]: an emulated in-memory network (latency, loss, bandwidth,
+//!   partitions, crashes, NAT) that the simulator runs many swarms on.
 //!
 //! # The model
 //!
@@ -27,9 +29,12 @@
 #[allow(missing_docs)]
 pub mod behaviour;
 pub mod mesh;
+pub mod netem;
 pub mod record;
 pub mod store;
 
 pub use behaviour::{Envelope, Receipt};
-pub use mesh::{ClaimState, Inbound, Mesh, MeshConfig, MeshError, MeshStatus, Responder, RouteError};
+pub use mesh::{
+    ClaimState, Inbound, LookupStats, Mesh, MeshConfig, MeshError, MeshStatus, Network, Responder, RouteError,
+};
 pub use record::{MeshRecord, RecordError, RejectionCounts};

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::behaviour::{Behaviour, BehaviourConfig, BehaviourEvent, Envelope, Receipt};
+use crate::netem::{Netem, NetemTransport};
 use crate::record::{
     node_hex, user_key, validate, zone_key, MeshRecord, RecordError, RejectionCounts, Rejections, SignedZoneClaim,
     UserRecord, ZoneClaim,
@@ -73,6 +74,40 @@ pub struct MeshConfig {
     pub retries: u32,
     /// Established connections in total.
     pub max_connections: u32,
+    /// The network under the swarm: real sockets, or a simulator's.
+    pub network: Network,
+}
+
+/// The network a mesh runs on.
+#[derive(Debug, Clone, Default)]
+pub enum Network {
+    /// TCP and QUIC sockets (what the node uses).
+    #[default]
+    Native,
+    /// The simulator's emulated network: `/memory/<n>` addresses over a
+    /// [`Netem`], with the same noise, yamux and behaviours above it.
+    Simulated(Arc<Netem>),
+}
+
+/// What one DHT lookup cost: Kademlia's statistics of the query.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupStats {
+    /// Requests the query sent in all (it runs until the closest peers to
+    /// the key have answered).
+    pub requests: u32,
+    /// Requests answered.
+    pub successes: u32,
+    /// Requests failed or timed out.
+    pub failures: u32,
+    /// Requests sent before the first record arrived: `Some(0)` when this
+    /// node held the record, `None` when none was found.
+    pub requests_to_first: Option<u32>,
+    /// Milliseconds until the first record arrived.
+    pub first_ms: Option<u64>,
+    /// Milliseconds the whole query took.
+    pub total_ms: u64,
+    /// Records returned.
+    pub records: u32,
 }
 
 impl MeshConfig {
@@ -97,6 +132,7 @@ impl MeshConfig {
             request_timeout: Duration::from_secs(5),
             retries: 2,
             max_connections: 256,
+            network: Network::Native,
         }
     }
 }
@@ -228,11 +264,12 @@ pub struct MeshStatus {
 
 #[derive(Debug)]
 enum Cmd {
-    Get { key: Vec<u8>, reply: oneshot::Sender<Vec<Vec<u8>>> },
+    Get { key: Vec<u8>, reply: oneshot::Sender<(Vec<Vec<u8>>, LookupStats)> },
     Put { key: Vec<u8>, value: Vec<u8>, expires_at_ms: u64, reply: oneshot::Sender<Result<(), String>> },
     Send { peer: PeerId, addrs: Vec<Multiaddr>, msg: NodeToNode, reply: oneshot::Sender<Result<Receipt, String>> },
     Respond { channel: ResponseChannel<Receipt>, receipt: Receipt },
     Status { reply: oneshot::Sender<SwarmStatus> },
+    Stop,
 }
 
 #[derive(Debug)]
@@ -246,8 +283,9 @@ struct SwarmStatus {
 
 /// A resolved home node: its peer id, addresses, and when it was resolved.
 type Route = (PeerId, Vec<Multiaddr>, Instant);
-/// A lookup under way: the values found so far and who waits for them.
-type PendingGet = (Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>);
+/// A lookup under way: the values found so far, its statistics, and who
+/// waits for them.
+type PendingGet = (Vec<Vec<u8>>, LookupStats, oneshot::Sender<(Vec<Vec<u8>>, LookupStats)>);
 
 #[derive(Default)]
 struct Shared {
@@ -324,20 +362,43 @@ impl Mesh {
             request_timeout: config.request_timeout,
         };
         let transport = |e: &dyn std::fmt::Display| MeshError::Transport(e.to_string());
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-            .map_err(|e| transport(&e))?
-            .with_quic()
-            .with_relay_client(noise::Config::new, yamux::Config::default)
-            .map_err(|e| transport(&e))?
-            .with_behaviour(|key, relay_client| {
-                Behaviour::new(key, relay_client, store, &bconfig)
-                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-            })
-            .map_err(|e| transport(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-            .build();
+        let behaviour = move |key: &identity::Keypair, relay_client| {
+            Behaviour::new(key, relay_client, store, &bconfig)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        };
+        let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
+        let mut swarm = match &config.network {
+            Network::Native => libp2p::SwarmBuilder::with_existing_identity(keypair)
+                .with_tokio()
+                .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+                .map_err(|e| transport(&e))?
+                .with_quic()
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| transport(&e))?
+                .with_behaviour(behaviour)
+                .map_err(|e| transport(&e))?
+                .with_swarm_config(idle)
+                .build(),
+            Network::Simulated(netem) => libp2p::SwarmBuilder::with_existing_identity(keypair)
+                .with_tokio()
+                .with_other_transport(|key| {
+                    use libp2p::Transport as _;
+                    let noise = noise::Config::new(key)
+                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+                    Ok(NetemTransport::new(netem.clone())
+                        .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default())
+                        .timeout(Duration::from_secs(20)))
+                })
+                .map_err(|e| transport(&e))?
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| transport(&e))?
+                .with_behaviour(behaviour)
+                .map_err(|e| transport(&e))?
+                .with_swarm_config(idle)
+                .build(),
+        };
         for addr in &config.listen {
             swarm.listen_on(addr.clone()).map_err(|e| MeshError::Listen { addr: addr.clone(), why: e.to_string() })?;
         }
@@ -433,13 +494,17 @@ impl Mesh {
     }
 
     async fn get(&self, key: Vec<u8>) -> Vec<Vec<u8>> {
+        self.get_with_stats(key).await.0
+    }
+
+    async fn get_with_stats(&self, key: Vec<u8>) -> (Vec<Vec<u8>>, LookupStats) {
         self.shared.lookups.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
         if self.cmd.send(Cmd::Get { key, reply }).await.is_err() {
-            return Vec::new();
+            return Default::default();
         }
         let found = rx.await.unwrap_or_default();
-        if found.is_empty() {
+        if found.0.is_empty() {
             self.shared.failed_lookups.fetch_add(1, Ordering::Relaxed);
         }
         found
@@ -613,16 +678,26 @@ impl Mesh {
     /// Finds `user`'s home node: one lookup of its record (cached), checked
     /// against the zone's claim (cached longer).
     pub async fn resolve(&self, user: &Address) -> Result<(PeerId, Vec<Multiaddr>), RouteError> {
+        self.resolve_with_stats(user).await.0
+    }
+
+    /// [`Mesh::resolve`], also returning what the lookup of the user's
+    /// record cost (`None` when it came from the cache): for the simulator
+    /// and tools.
+    pub async fn resolve_with_stats(
+        &self,
+        user: &Address,
+    ) -> (Result<(PeerId, Vec<Multiaddr>), RouteError>, Option<LookupStats>) {
         let cached = lock(&self.shared.user_cache)
             .get(user)
             .filter(|(_, _, at)| at.elapsed() < self.config.cache_ttl)
             .map(|(p, a, _)| (*p, a.clone()));
         if let Some(hit) = cached {
-            return Ok(hit);
+            return (Ok(hit), None);
         }
         let key = user_key(user);
-        let (claim, values) = tokio::join!(self.zone_claim(&user.zone), self.get(key.clone()));
-        let Some(claim) = claim else { return Err(RouteError::UnknownZone) };
+        let (claim, (values, stats)) = tokio::join!(self.zone_claim(&user.zone), self.get_with_stats(key.clone()));
+        let Some(claim) = claim else { return (Err(RouteError::UnknownZone), Some(stats)) };
         let now = wall_ms();
         let mut best: Option<crate::record::SignedUserRecord> = None;
         for value in values {
@@ -639,11 +714,11 @@ impl Mesh {
                 }
             }
         }
-        let rec = best.ok_or(RouteError::UnknownUser)?;
-        let peer = peer_of(&rec.record.node).ok_or(RouteError::UnknownUser)?;
+        let Some(rec) = best else { return (Err(RouteError::UnknownUser), Some(stats)) };
+        let Some(peer) = peer_of(&rec.record.node) else { return (Err(RouteError::UnknownUser), Some(stats)) };
         let addrs: Vec<Multiaddr> = rec.record.addrs.iter().filter_map(|a| a.parse().ok()).collect();
         lock(&self.shared.user_cache).insert(user.clone(), (peer, addrs.clone(), Instant::now()));
-        Ok((peer, addrs))
+        (Ok((peer, addrs)), Some(stats))
     }
 
     /// Delivers `msg` to `user`'s home node, resolving it first; returns
@@ -698,6 +773,12 @@ impl Mesh {
         }
         self.shared.failed.fetch_add(1, Ordering::Relaxed);
         Err(RouteError::Unreachable(last))
+    }
+
+    /// Stops the swarm: its connections close and its listeners go away.
+    /// The handle (and its clones) then answer [`RouteError::Stopped`].
+    pub async fn stop(&self) {
+        let _ = self.cmd.send(Cmd::Stop).await;
     }
 
     /// Counters and state for operators.
@@ -755,8 +836,8 @@ impl SwarmTask {
         loop {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
+                    Some(Cmd::Stop) | None => break,
                     Some(c) => self.command(c),
-                    None => break,
                 },
                 event = self.swarm.select_next_some() => self.event(event),
             }
@@ -769,7 +850,7 @@ impl SwarmTask {
         match cmd {
             Cmd::Get { key, reply } => {
                 let id = b.kad.get_record(RecordKey::new(&key));
-                self.gets.insert(id, (Vec::new(), reply));
+                self.gets.insert(id, (Vec::new(), LookupStats::default(), reply));
             }
             Cmd::Put { key, value, expires_at_ms, reply } => {
                 let mut record = kad::Record::new(RecordKey::new(&key), value);
@@ -794,6 +875,7 @@ impl SwarmTask {
             Cmd::Respond { channel, receipt } => {
                 let _ = b.signal.send_response(channel, receipt);
             }
+            Cmd::Stop => {}
             Cmd::Status { reply } => {
                 let routing_table = b.kad.kbuckets().map(|k| k.num_entries()).sum();
                 let stored_records = b.kad.store_mut().len();
@@ -883,18 +965,22 @@ impl SwarmTask {
             kad::Event::InboundRequest { request: kad::InboundRequest::PutRecord { source, record: Some(r), .. } } => {
                 self.inbound_put(source, r);
             }
-            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+            kad::Event::OutboundQueryProgressed { id, result, step, stats } => match result {
                 QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(found))) => {
-                    if let Some((values, _)) = self.gets.get_mut(&id) {
+                    if let Some((values, s, _)) = self.gets.get_mut(&id) {
                         if values.len() < 32 {
                             values.push(found.record.value);
                         }
+                        if s.requests_to_first.is_none() {
+                            s.requests_to_first = Some(stats.num_requests());
+                            s.first_ms = Some(stats.duration().map_or(0, |d| d.as_millis() as u64));
+                        }
                     }
                     if step.last {
-                        self.finish_get(id);
+                        self.finish_get(id, &stats);
                     }
                 }
-                QueryResult::GetRecord(_) if step.last => self.finish_get(id),
+                QueryResult::GetRecord(_) if step.last => self.finish_get(id, &stats),
                 QueryResult::PutRecord(r) if step.last => {
                     if let Some(reply) = self.puts.remove(&id) {
                         let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
@@ -906,9 +992,14 @@ impl SwarmTask {
         }
     }
 
-    fn finish_get(&mut self, id: kad::QueryId) {
-        if let Some((values, reply)) = self.gets.remove(&id) {
-            let _ = reply.send(values);
+    fn finish_get(&mut self, id: kad::QueryId, stats: &kad::QueryStats) {
+        if let Some((values, mut s, reply)) = self.gets.remove(&id) {
+            s.requests = stats.num_requests();
+            s.successes = stats.num_successes();
+            s.failures = stats.num_failures();
+            s.total_ms = stats.duration().map_or(0, |d| d.as_millis() as u64);
+            s.records = values.len() as u32;
+            let _ = reply.send((values, s));
         }
     }
 

@@ -2,7 +2,7 @@
 //! read from a TOML file, then `XARXA_*` environment variables, then CLI
 //! flags; validated at start. `xarxa init` writes [`example_toml`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ pub struct Config {
     pub limits: Limits,
     /// The mesh of zone nodes.
     pub mesh: MeshSettings,
+    /// The node's own STUN/TURN server.
+    pub turn: TurnSettings,
 }
 
 /// The mesh: how this node joins the other zones.
@@ -130,6 +132,99 @@ impl MeshSettings {
     }
 }
 
+/// The node's own STUN/TURN server (UDP), on by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnSettings {
+    /// Serve STUN and TURN.
+    pub enabled: bool,
+    /// UDP address and port for STUN and TURN.
+    pub listen: SocketAddr,
+    /// Host name or IP put in the ICE server URLs; unset: the host the
+    /// browser used to reach the node's web page.
+    pub public_host: Option<String>,
+    /// Relayed address to advertise (e.g. the public IP of a NAT in front);
+    /// unset: the listen address, or the local address clients reach.
+    pub relay_ip: Option<IpAddr>,
+    /// Lowest relay port.
+    pub relay_port_min: u16,
+    /// Highest relay port.
+    pub relay_port_max: u16,
+    /// Realm of the credentials; unset: the zone name.
+    pub realm: Option<String>,
+    /// How long the credentials handed to a logged-in user last.
+    #[serde(with = "humantime_serde")]
+    pub credential_ttl: Duration,
+    /// HMAC secret credentials are derived from; unset: generated into
+    /// data_dir/turn.secret. Never given to clients.
+    pub secret: Option<String>,
+    /// Private ranges peers may be in (CIDR), e.g. "10.0.0.0/8" for guifi.net.
+    pub allowed_peer_ranges: Vec<String>,
+    /// Relay to loopback peers (except the node's own ports). For tests and
+    /// benchmarks on one machine only.
+    pub allow_loopback_peers: bool,
+    /// Live allocations one user may hold.
+    pub max_allocations_per_user: u32,
+    /// Live allocations the node holds in all.
+    pub max_allocations: usize,
+    /// Bandwidth of one allocation, both directions together, in kbit/s.
+    pub max_kbps_per_allocation: u32,
+}
+
+impl Default for TurnSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 3478)),
+            public_host: None,
+            relay_ip: None,
+            relay_port_min: 49152,
+            relay_port_max: 65535,
+            realm: None,
+            credential_ttl: Duration::from_secs(24 * 3600),
+            secret: None,
+            allowed_peer_ranges: Vec::new(),
+            allow_loopback_peers: false,
+            max_allocations_per_user: 10,
+            max_allocations: 1000,
+            max_kbps_per_allocation: 10_000,
+        }
+    }
+}
+
+impl TurnSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, why: String| Err(ConfigError::Invalid { field, why });
+        if self.relay_port_min == 0 || self.relay_port_min > self.relay_port_max {
+            return invalid("turn.relay_port_min", "must be positive and at most relay_port_max".into());
+        }
+        for r in &self.allowed_peer_ranges {
+            if let Err(e) = r.parse::<ipnet::IpNet>() {
+                return invalid("turn.allowed_peer_ranges", format!("{r}: {e} (expected CIDR, e.g. 10.0.0.0/8)"));
+            }
+        }
+        if self.max_allocations_per_user == 0 || self.max_allocations == 0 || self.max_kbps_per_allocation < 64 {
+            return invalid("turn", "allocations must be positive and max_kbps_per_allocation at least 64".into());
+        }
+        if self.credential_ttl < Duration::from_secs(60) {
+            return invalid("turn.credential_ttl", "must be at least 1 minute".into());
+        }
+        if self.secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return invalid("turn.secret", "must be at least 16 characters (or unset, to generate one)".into());
+        }
+        if self.realm.as_ref().is_some_and(|r| r.is_empty() || r.len() > 127 || r.contains(['"', '\\'])) {
+            return invalid("turn.realm", "must be 1 to 127 characters without quotes".into());
+        }
+        let host_ok = |h: &str| {
+            !h.is_empty() && h.len() <= 253 && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+        };
+        if self.public_host.as_deref().is_some_and(|h| !host_ok(h)) {
+            return invalid("turn.public_host", "must be a host name or an IP address".into());
+        }
+        Ok(())
+    }
+}
+
 /// HTTPS listener settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -214,6 +309,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             mesh: MeshSettings::default(),
+            turn: TurnSettings::default(),
         }
     }
 }
@@ -343,6 +439,7 @@ impl Config {
         if m.republish >= m.user_ttl || m.republish >= m.claim_ttl || m.request_timeout.is_zero() {
             return invalid("mesh.republish", "must be shorter than claim_ttl and user_ttl");
         }
+        self.turn.validate()?;
         let t = &self.timeouts;
         if t.ring.is_zero() || t.hello.is_zero() || t.session.is_zero() || t.idle < Duration::from_secs(5) {
             return invalid("timeouts", "ring, hello and session must be positive, idle at least 5s");
@@ -397,6 +494,23 @@ const DOCS: &[(&str, &str)] = &[
     ("mesh.request_timeout", "How long one signalling message to another node may take."),
     ("mesh.retries", "Extra tries of a failed delivery to another node."),
     ("mesh.max_connections", "Mesh connections held at once."),
+    ("turn.enabled", "Serve STUN and TURN, so browsers can always reach each other (relayed if need be)."),
+    ("turn.listen", "UDP address and port for STUN and TURN (3478 is the standard port)."),
+    ("turn.public_host", "Host name or IP in the ICE server URLs. Unset: the host browsers use to reach this node."),
+    ("turn.relay_ip", "Relayed address to advertise, e.g. the public IP of a NAT in front. Unset: the address clients reach."),
+    ("turn.relay_port_min", "Lowest UDP port of relayed addresses (open relay_port_min..=relay_port_max in firewalls)."),
+    ("turn.relay_port_max", "Highest UDP port of relayed addresses."),
+    ("turn.realm", "Realm of the TURN credentials. Unset: the zone name."),
+    ("turn.credential_ttl", "How long the TURN credentials a logged-in user gets (GET /api/v1/ice) stay valid."),
+    ("turn.secret", "HMAC secret TURN credentials are derived from. Unset: generated into data_dir/turn.secret."),
+    (
+        "turn.allowed_peer_ranges",
+        "Private ranges (CIDR) peers may be in, e.g. [\"10.0.0.0/8\"] for guifi.net. Loopback and link-local never.",
+    ),
+    ("turn.allow_loopback_peers", "Relay to loopback peers. Only for tests and benchmarks on one machine."),
+    ("turn.max_allocations_per_user", "Live TURN allocations one user may hold."),
+    ("turn.max_allocations", "Live TURN allocations the node holds in all."),
+    ("turn.max_kbps_per_allocation", "Bandwidth of one TURN allocation, both directions together, in kbit/s."),
 ];
 
 /// A complete, commented config file holding `config`'s values.

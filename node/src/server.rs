@@ -35,6 +35,8 @@ pub struct AppState {
     pub mesh: Option<dht::Mesh>,
     /// WebSocket slots (`limits.max_connections`).
     pub connections: Arc<Semaphore>,
+    /// The STUN/TURN server, unless disabled.
+    pub turn: Option<crate::turn::Turn>,
     /// Numbers sockets.
     pub next_conn: AtomicU64,
 }
@@ -61,6 +63,9 @@ pub enum ServerError {
     /// The mesh.
     #[error(transparent)]
     Mesh(#[from] dht::MeshError),
+    /// The STUN/TURN server.
+    #[error(transparent)]
+    Turn(#[from] crate::turn::TurnError),
     /// A socket or file.
     #[error("{what}: {source}")]
     Io {
@@ -86,6 +91,9 @@ pub struct RunInfo {
     pub peer_id: Option<String>,
     /// Mesh addresses others can bootstrap from (with `/p2p/<peer id>`).
     pub mesh: Vec<String>,
+    /// The STUN/TURN UDP address, if TURN is on.
+    #[serde(default)]
+    pub turn: Option<SocketAddr>,
 }
 
 /// A node ready to serve.
@@ -143,12 +151,20 @@ impl Server {
         listener.set_nonblocking(true).map_err(io("configuring listener"))?;
         let addr = listener.local_addr().map_err(io("reading listen address"))?;
         let admin = crate::admin::bind(&data)?;
+        let turn = if config.turn.enabled {
+            let turn = crate::turn::Turn::bind(crate::turn::Settings::from_config(&config)?).await?;
+            turn.add_service_ports(std::iter::once(addr.port()).chain(multiaddr_ports(&config.mesh.listen)));
+            Some(turn)
+        } else {
+            None
+        };
         info!(zone = %config.zone, node = %node_id, %addr, purged_sessions = purged, "zone node ready");
         let (mesh, inbound) = mesh.unzip();
         let state = Arc::new(AppState {
             mesh,
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             next_conn: AtomicU64::new(1),
+            turn,
             config,
             accounts,
             store,
@@ -183,6 +199,10 @@ impl Server {
             let me = mesh.peer_id();
             mesh_addrs = mesh_addrs.into_iter().map(|a| format!("{a}/p2p/{me}")).collect();
         }
+        if let Some(turn) = &self.state.turn {
+            // The relay must not reach the mesh ports actually bound either.
+            turn.add_service_ports(multiaddr_ports(&mesh_addrs));
+        }
         let info = RunInfo {
             pid: std::process::id(),
             https: self.addr,
@@ -190,6 +210,7 @@ impl Server {
             version: env!("CARGO_PKG_VERSION").to_string(),
             peer_id: self.state.mesh.as_ref().map(|m| m.peer_id().to_string()),
             mesh: mesh_addrs,
+            turn: self.state.turn.as_ref().map(crate::turn::Turn::local_addr),
         };
         let handle = axum_server::Handle::new();
         let app = crate::http::router(self.state.clone());
@@ -208,6 +229,9 @@ impl Server {
         });
         let served = server.await;
         admin_task.abort();
+        if let Some(turn) = &self.state.turn {
+            turn.shutdown().await;
+        }
         let _ = std::fs::remove_file(&run_file);
         let _ = std::fs::remove_file(data.join("admin.sock"));
         if let Err(e) = self.state.store.flush().await {
@@ -215,4 +239,19 @@ impl Server {
         }
         served.map_err(io("serving HTTPS"))
     }
+}
+
+/// The TCP and UDP ports in multiaddresses (`/ip4/0.0.0.0/tcp/7447` → 7447).
+fn multiaddr_ports<S: AsRef<str>>(addrs: &[S]) -> Vec<u16> {
+    addrs
+        .iter()
+        .flat_map(|a| {
+            let parts: Vec<&str> = a.as_ref().split('/').collect();
+            parts
+                .windows(2)
+                .filter(|w| w[0] == "tcp" || w[0] == "udp")
+                .filter_map(|w| w[1].parse().ok())
+                .collect::<Vec<u16>>()
+        })
+        .collect()
 }

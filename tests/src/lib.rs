@@ -293,6 +293,8 @@ impl Node {
         // The mesh stays on loopback, on a free port, without mDNS
         // multicast, unless the test says otherwise.
         cmd.env("XARXA_MESH__LISTEN", "[\"/ip4/127.0.0.1/tcp/0\"]").env("XARXA_MESH__MDNS", "false");
+        // Likewise the TURN server: loopback, a free port.
+        cmd.env("XARXA_TURN__LISTEN", "127.0.0.1:0");
         // So does STUN/TURN (on by default, on UDP 3478 otherwise).
         cmd.env("XARXA_TURN__LISTEN", "127.0.0.1:0");
         for (k, v) in &self.env {

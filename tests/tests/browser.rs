@@ -88,6 +88,26 @@ async fn two_browsers_call_with_audio_video_and_chat() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_goes_through_the_nodes_turn_relay() -> Result<()> {
+    // Both browsers may only use relay candidates; on one machine the relay
+    // must reach loopback peers (the other browser's relayed address).
+    let node = Node::start("poble-sec", &[("XARXA_TURN__ALLOW_LOOPBACK_PEERS", "true")])?;
+    node.register("gina", PASSWORD).await?;
+    node.register("hugo", PASSWORD).await?;
+    let v = tokio::task::spawn_blocking(move || {
+        let r = run_browsers("relay", (&node, "gina"), (&node, "hugo"), "relay");
+        drop(node);
+        r
+    })
+    .await??;
+    assert_media(&v);
+    for side in ["caller", "callee"] {
+        assert_eq!(v[side]["localType"].as_str(), Some("relay"), "{side} sent through TURN: {v}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_tabs_ring_and_one_answers() -> Result<()> {
     let node = Node::start("sants", &[])?;
     node.register("carla", PASSWORD).await?;

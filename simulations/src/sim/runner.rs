@@ -1,0 +1,492 @@
+//! Runs a [`Plan`] in this process: one real `dht::Mesh` per zone node
+//! (libp2p swarm with Kademlia, identify, ping, relay, signalling), all on
+//! one [`Netem`], with the plan's actions executed at their planned times
+//! (wall clock).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use dht::netem::{memory_addr, Netem, NetemConfig};
+use dht::mesh::{Multiaddr, PeerId};
+use dht::{Inbound, Mesh, MeshConfig, Network, Receipt};
+use ed25519_dalek::SigningKey;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use signalling::{Address, CallId, Media, NodeToNode, UserName, ZoneName};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::metrics::{rss_bytes, CallSample, LookupSample, Purpose, ResourcePoint};
+use super::plan::{Action, Links, Phase, Plan, UserRef};
+
+/// How a run is carried out (not part of the plan).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+    /// Give up (and report what was measured) after this long.
+    pub max_wall: Duration,
+    /// Where the sled trees of the nodes live (a temporary directory).
+    pub data_dir: std::path::PathBuf,
+}
+
+/// Everything a run measured, before it is summarised.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    /// Every lookup (workload, probes, audit).
+    pub lookups: Vec<LookupSample>,
+    /// Every call.
+    pub calls: Vec<CallSample>,
+    /// Operations not started because `max_in_flight` were under way.
+    pub dropped: usize,
+    /// Operations whose asking node was not running.
+    pub skipped: usize,
+    /// Resource use over time.
+    pub resources: Vec<ResourcePoint>,
+    /// RSS before the first node started, bytes.
+    pub rss_baseline: u64,
+    /// RSS when the workload started, bytes.
+    pub rss_at_workload: u64,
+    /// Nodes running when the workload started.
+    pub nodes_at_workload: usize,
+    /// Connections open when the workload started.
+    pub connections_at_workload: usize,
+    /// Highest RSS seen, bytes.
+    pub rss_peak: u64,
+    /// Seconds after the heal when each probe first succeeded (None: never).
+    pub probe_recovery_s: Vec<Option<f64>>,
+    /// Wall-clock seconds of the whole run.
+    pub wall_s: f64,
+    /// Stopped early by `max_wall`.
+    pub cut_short: bool,
+    /// The network's counters.
+    pub net: dht::netem::NetemStats,
+    /// Nodes that failed to start.
+    pub start_failures: usize,
+}
+
+type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
+
+struct Node {
+    mesh: Mesh,
+}
+
+struct Sim {
+    plan: Arc<Plan>,
+    netem: Arc<Netem>,
+    db: sled::Db,
+    peers: Vec<PeerId>,
+    nodes: Mutex<Vec<Option<Node>>>,
+    waiters: Waiters,
+    lookups: Mutex<Vec<LookupSample>>,
+    calls: Mutex<Vec<CallSample>>,
+    dropped: AtomicUsize,
+    skipped: AtomicUsize,
+    in_flight: Arc<Semaphore>,
+    t0: Instant,
+    call_seq: AtomicUsize,
+    probes: Mutex<Vec<Option<f64>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn secs(d: f64) -> Duration {
+    Duration::from_secs_f64(d.max(0.0))
+}
+
+impl Sim {
+    /// `/memory/<port>/p2p/<peer id>` of node `i`.
+    fn addr_of(&self, i: usize) -> Multiaddr {
+        let port = self.plan.nodes[i].port;
+        if std::env::var_os("SIMTCP").is_some() { return format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", 20000 + port, self.peers[i]).parse().unwrap_or_else(|_| memory_addr(port)); }
+        format!("/memory/{port}/p2p/{}", self.peers[i]).parse().unwrap_or_else(|_| memory_addr(port))
+    }
+
+    fn user(&self, u: UserRef) -> anyhow::Result<Address> {
+        let n = &self.plan.nodes[u.node];
+        let name = n.users.get(u.user).context("no such user")?;
+        Ok(Address::new(UserName::parse(name)?, ZoneName::parse(&n.zone)?))
+    }
+
+    fn mesh(&self, i: usize) -> Option<Mesh> {
+        lock(&self.nodes).get(i).and_then(|n| n.as_ref().map(|n| n.mesh.clone()))
+    }
+
+    fn running(&self) -> usize {
+        lock(&self.nodes).iter().filter(|n| n.is_some()).count()
+    }
+
+    async fn start_node(self: &Arc<Self>, i: usize) -> anyhow::Result<()> {
+        let n = &self.plan.nodes[i];
+        let s = &self.plan.scenario;
+        let mut c = MeshConfig::new(ZoneName::parse(&n.zone)?);
+        c.listen = vec![memory_addr(n.port)];
+        c.bootstrap = n.bootstrap.iter().map(|&b| self.addr_of(b)).collect();
+        c.relays = n.via.map(|r| vec![self.addr_of(r)]).unwrap_or_default();
+        c.mdns = false;
+        c.relay_server = !n.nat;
+        c.claim_ttl = secs(s.mesh.claim_ttl_s);
+        c.user_ttl = secs(s.mesh.user_ttl_s);
+        c.republish = secs(s.mesh.republish_s);
+        c.cache_ttl = Duration::from_millis(s.mesh.cache_ttl_ms);
+        c.request_timeout = Duration::from_millis(s.mesh.request_timeout_ms);
+        c.retries = s.mesh.retries;
+        c.max_connections = s.mesh.max_connections;
+        c.network = Network::Simulated(self.netem.clone());
+        if std::env::var_os("SIMTCP").is_some() { c.network = Network::Native; c.listen = vec![format!("/ip4/127.0.0.1/tcp/{}", 20000 + n.port).parse()?]; }
+        self.netem.revive(n.port);
+        self.netem.set_nat(n.port, n.nat);
+        let tree = self.db.open_tree(format!("n{i}"))?;
+        let (mesh, inbound) = Mesh::start(SigningKey::from_bytes(&n.key), tree, c).await?;
+        for u in &n.users {
+            mesh.publish_user(UserName::parse(u)?).await;
+        }
+        tokio::spawn(serve(mesh.clone(), inbound, self.waiters.clone()));
+        if let Some(slot) = lock(&self.nodes).get_mut(i) {
+            *slot = Some(Node { mesh });
+        }
+        Ok(())
+    }
+
+    async fn stop_node(&self, i: usize, crash: bool) {
+        let node = lock(&self.nodes).get_mut(i).and_then(Option::take);
+        if crash {
+            self.netem.crash(self.plan.nodes[i].port);
+        }
+        if let Some(n) = node {
+            n.mesh.stop().await;
+        }
+    }
+
+    /// Resolves `target` from node `from`, timed.
+    async fn lookup(&self, from: usize, target: UserRef) -> (bool, Option<String>, f64, Option<dht::LookupStats>) {
+        let Some(mesh) = self.mesh(from) else { return (false, Some("asker down".into()), 0.0, None) };
+        let Ok(addr) = self.user(target) else { return (false, Some("bad user".into()), 0.0, None) };
+        let t = Instant::now();
+        let timeout = secs(self.plan.scenario.lookup_timeout_s);
+        match tokio::time::timeout(timeout, mesh.resolve_with_stats(&addr)).await {
+            Ok((Ok((peer, _)), st)) => {
+                let ok = peer == self.peers[target.node];
+                (ok, (!ok).then(|| "wrong node".to_string()), t.elapsed().as_secs_f64() * 1e3, st)
+            }
+            Ok((Err(e), st)) => (false, Some(e.to_string()), t.elapsed().as_secs_f64() * 1e3, st),
+            Err(_) => (false, Some("timeout".into()), t.elapsed().as_secs_f64() * 1e3, None),
+        }
+    }
+
+    fn record_lookup(&self, t_s: f64, purpose: Purpose, phase: Phase, late_ms: f64, r: LookupResult) {
+        let (ok, error, latency_ms, st) = r;
+        let st = st.unwrap_or_default();
+        lock(&self.lookups).push(LookupSample {
+            t_s,
+            purpose,
+            phase,
+            ok,
+            error,
+            latency_ms,
+            first_ms: st.first_ms.map(|m| m as f64),
+            requests: st.requests,
+            requests_to_first: st.requests_to_first,
+            failures: st.failures,
+            late_ms,
+        });
+    }
+
+    /// Places a call: an invite through `Mesh::send` (lookup, delivery,
+    /// receipt), then waits for the callee node's `accepted`.
+    async fn call(&self, caller: UserRef, callee: UserRef) -> (bool, Option<String>, f64) {
+        let Some(mesh) = self.mesh(caller.node) else { return (false, Some("caller down".into()), 0.0) };
+        let (Ok(from), Ok(to)) = (self.user(caller), self.user(callee)) else {
+            return (false, Some("bad user".into()), 0.0);
+        };
+        let id = format!("sim-{}", self.call_seq.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).insert(id.clone(), tx);
+        let t = Instant::now();
+        let invite = NodeToNode::Invite { call: CallId(id.clone()), from, to: to.clone(), media: Media { audio: true, video: false } };
+        let timeout = secs(self.plan.scenario.call_timeout_s);
+        let res = tokio::time::timeout(timeout, async {
+            let peer = mesh.send(&to, invite).await.map_err(|e| format!("invite: {e}"))?;
+            if peer != self.peers[callee.node] {
+                return Err("invite reached the wrong node".to_string());
+            }
+            rx.await.map_err(|_| "no accepted".to_string())
+        })
+        .await;
+        lock(&self.waiters).remove(&id);
+        match res {
+            Ok(Ok(at)) => (true, None, at.duration_since(t).as_secs_f64() * 1e3),
+            Ok(Err(e)) => (false, Some(e), t.elapsed().as_secs_f64() * 1e3),
+            Err(_) => (false, Some("timeout".into()), t.elapsed().as_secs_f64() * 1e3),
+        }
+    }
+}
+
+type LookupResult = (bool, Option<String>, f64, Option<dht::LookupStats>);
+
+/// Answers other nodes' signalling as a node would: every message gets a
+/// `Delivered` receipt; an invite is then accepted (the callee's node sends
+/// `accepted` back to the caller's node); an `accepted` completes the call.
+async fn serve(mesh: Mesh, mut inbound: mpsc::Receiver<Inbound>, waiters: Waiters) {
+    while let Some(msg) = inbound.recv().await {
+        let peer = msg.peer;
+        msg.reply.send(Receipt::Delivered).await;
+        match msg.msg {
+            NodeToNode::Invite { call, .. } => {
+                let m = mesh.clone();
+                tokio::spawn(async move {
+                    let _ = m.send_to(peer, NodeToNode::Accepted { call }).await;
+                });
+            }
+            NodeToNode::Accepted { call } => {
+                if let Some(tx) = lock(&waiters).remove(&call.0) {
+                    let _ = tx.send(Instant::now());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs `plan`; returns what was measured.
+pub async fn run(plan: Plan, opts: &RunOptions) -> anyhow::Result<Measured> {
+    let plan = Arc::new(plan);
+    let s = plan.scenario.clone();
+    let links = Links::new(&plan);
+    let netem = Netem::new(
+        Box::new(move |a, b| links.params(a, b)),
+        NetemConfig {
+            unreachable_dial: Duration::from_millis(s.link.unreachable_dial_ms),
+            min_rto: Duration::from_millis(s.link.min_rto_ms),
+            seed: s.seed,
+        },
+    );
+    let db = sled::Config::new()
+        .path(&opts.data_dir)
+        .temporary(true)
+        .cache_capacity(64 << 20)
+        .flush_every_ms(Some(2000))
+        .open()
+        .context("opening the nodes' database")?;
+    let peers = plan
+        .nodes
+        .iter()
+        .map(|n| dht::mesh::keypair_of(&SigningKey::from_bytes(&n.key)).map(|k| PeerId::from(k.public())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sim = Arc::new(Sim {
+        nodes: Mutex::new((0..plan.nodes.len()).map(|_| None).collect()),
+        plan: plan.clone(),
+        netem: netem.clone(),
+        db,
+        peers,
+        waiters: Arc::default(),
+        lookups: Mutex::default(),
+        calls: Mutex::default(),
+        dropped: AtomicUsize::new(0),
+        skipped: AtomicUsize::new(0),
+        in_flight: Arc::new(Semaphore::new(s.max_in_flight)),
+        t0: Instant::now(),
+        call_seq: AtomicUsize::new(0),
+        probes: Mutex::default(),
+    });
+    let mut m = Measured { rss_baseline: rss_bytes(), ..Measured::default() };
+
+    // Resource sampling.
+    let resources: Arc<Mutex<Vec<ResourcePoint>>> = Arc::default();
+    let sampler = {
+        let (sim, resources) = (sim.clone(), resources.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let p = ResourcePoint {
+                    t_s: sim.t0.elapsed().as_secs_f64(),
+                    nodes: sim.running(),
+                    rss_mib: rss_bytes() as f64 / (1 << 20) as f64,
+                    connections: sim.netem.open_connections(),
+                };
+                lock(&resources).push(p);
+            }
+        })
+    };
+
+    let bar = if opts.progress { ProgressBar::new(plan.actions.len() as u64) } else { ProgressBar::hidden() };
+    if opts.progress {
+        bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let deadline = sim.t0 + opts.max_wall;
+    let workload_t0 = Duration::from_millis(plan.workload_start_ms);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut marked_workload = false;
+    let mut last_msg = Instant::now();
+    let mut start_failures = 0;
+    for timed in &plan.actions {
+        let at = sim.t0 + Duration::from_millis(timed.at_ms);
+        if at > deadline {
+            m.cut_short = true;
+            break;
+        }
+        tokio::time::sleep_until(at.into()).await;
+        if !marked_workload && timed.at_ms >= plan.workload_start_ms {
+            marked_workload = true;
+            m.rss_at_workload = rss_bytes();
+            m.nodes_at_workload = sim.running();
+            m.connections_at_workload = netem.open_connections();
+            if std::env::var_os("SIMDEBUG").is_some() {
+                let meshes: Vec<Mesh> = lock(&sim.nodes).iter().flatten().map(|n| n.mesh.clone()).collect();
+                for (i, mm) in meshes.iter().enumerate().take(12) {
+                    let t = Instant::now();
+                    let st = mm.status().await;
+                    eprintln!("node {i}: status in {:?}: rt {} peers {} stored {} claim {:?} lookups {} failed {}", t.elapsed(), st.routing_table, st.peers.len(), st.stored_records, st.claim, st.lookups, st.failed_lookups);
+                }
+            }
+        }
+        let late_ms = at.elapsed().as_secs_f64() * 1e3;
+        let t_s = (timed.at_ms as f64 - workload_t0.as_millis() as f64) / 1e3;
+        match &timed.action {
+            Action::Join { node } | Action::Rejoin { node } => {
+                if let Err(e) = sim.start_node(*node).await {
+                    start_failures += 1;
+                    bar.println(format!("node {node} failed to start: {e:#}"));
+                }
+            }
+            Action::Leave { node, crash } => sim.stop_node(*node, *crash).await,
+            Action::Partition { far } => {
+                let groups = far.iter().map(|&i| (plan.nodes[i].port, 1)).collect();
+                netem.partition(groups);
+            }
+            Action::Lookup { from, target, phase } => {
+                let Ok(permit) = sim.in_flight.clone().try_acquire_owned() else {
+                    sim.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                if sim.mesh(*from).is_none() {
+                    sim.skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let (sim, from, target, phase) = (sim.clone(), *from, *target, *phase);
+                tasks.spawn(async move {
+                    let r = sim.lookup(from, target).await;
+                    sim.record_lookup(t_s, Purpose::Workload, phase, late_ms, r);
+                    drop(permit);
+                });
+            }
+            Action::Call { caller, callee, phase } => {
+                let Ok(permit) = sim.in_flight.clone().try_acquire_owned() else {
+                    sim.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let (sim, caller, callee, phase) = (sim.clone(), *caller, *callee, *phase);
+                tasks.spawn(async move {
+                    let (ok, error, setup_ms) = sim.call(caller, callee).await;
+                    lock(&sim.calls).push(CallSample { t_s, phase, ok, error, setup_ms, late_ms });
+                    drop(permit);
+                });
+            }
+            Action::Heal { probes } => {
+                netem.heal();
+                let (sim, probes) = (sim.clone(), probes.clone());
+                let p = s.partition.clone().unwrap_or_default();
+                tasks.spawn(async move { probe(sim, probes, p, t_s).await });
+            }
+            Action::Audit { checks } => {
+                bar.set_message("auditing records");
+                let (sim, checks) = (sim.clone(), checks.clone());
+                tasks.spawn(async move { audit(sim, checks, t_s).await });
+            }
+        }
+        bar.inc(1);
+        if last_msg.elapsed() > Duration::from_millis(500) {
+            last_msg = Instant::now();
+            let (lk, ok) = {
+                let l = lock(&sim.lookups);
+                (l.len(), l.iter().filter(|x| x.ok).count())
+            };
+            let (cl, cok) = {
+                let c = lock(&sim.calls);
+                (c.len(), c.iter().filter(|x| x.ok).count())
+            };
+            bar.set_message(format!(
+                "nodes {} | lookups {ok}/{lk} | calls {cok}/{cl} | {} MiB",
+                sim.running(),
+                rss_bytes() >> 20
+            ));
+        }
+    }
+    bar.set_message("waiting for the last operations");
+    let rest = deadline.saturating_duration_since(Instant::now());
+    if tokio::time::timeout(rest, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        m.cut_short = true;
+        tasks.abort_all();
+    }
+    bar.finish_with_message("done");
+    m.wall_s = sim.t0.elapsed().as_secs_f64();
+    m.net = netem.stats();
+    sampler.abort();
+    m.resources = lock(&resources).clone();
+    m.rss_peak = m.resources.iter().map(|r| (r.rss_mib * (1 << 20) as f64) as u64).max().unwrap_or(0).max(rss_bytes());
+    m.lookups = std::mem::take(&mut *lock(&sim.lookups));
+    m.calls = std::mem::take(&mut *lock(&sim.calls));
+    m.probe_recovery_s = std::mem::take(&mut *lock(&sim.probes));
+    m.dropped = sim.dropped.load(Ordering::Relaxed);
+    m.skipped = sim.skipped.load(Ordering::Relaxed);
+    m.start_failures = start_failures;
+    // Stop every node.
+    let all: Vec<usize> = (0..plan.nodes.len()).collect();
+    for i in all {
+        sim.stop_node(i, false).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(m)
+}
+
+/// After a heal: each probe looks its user up every `probe_interval_s`
+/// until it succeeds once (or `probe_timeout_s` passes).
+async fn probe(sim: Arc<Sim>, probes: Vec<(usize, UserRef)>, p: super::scenario::Partition, t_s: f64) {
+    let healed = Instant::now();
+    let mut found: Vec<Option<f64>> = vec![None; probes.len()];
+    let limit = secs(p.probe_timeout_s);
+    while healed.elapsed() < limit && found.iter().any(Option::is_none) {
+        let round: Vec<usize> = (0..probes.len()).filter(|&i| found[i].is_none()).collect();
+        let mut set = tokio::task::JoinSet::new();
+        for i in round {
+            let (sim, (from, target)) = (sim.clone(), probes[i]);
+            set.spawn(async move {
+                let r = sim.lookup(from, target).await;
+                let ok = r.0;
+                sim.record_lookup(t_s + healed.elapsed().as_secs_f64(), Purpose::Probe, Phase::Healed, 0.0, r);
+                (i, ok)
+            });
+        }
+        while let Some(Ok((i, ok))) = set.join_next().await {
+            if ok {
+                found[i] = Some(healed.elapsed().as_secs_f64());
+            }
+        }
+        tokio::time::sleep(secs(p.probe_interval_s)).await;
+    }
+    lock(&sim.probes).extend(found);
+}
+
+/// The end-of-run audit: each live user looked up once, 32 at a time.
+async fn audit(sim: Arc<Sim>, checks: Vec<(usize, UserRef)>, t_s: f64) {
+    let limit = Arc::new(Semaphore::new(32));
+    let mut set = tokio::task::JoinSet::new();
+    for (from, target) in checks {
+        let (sim, limit) = (sim.clone(), limit.clone());
+        set.spawn(async move {
+            let Ok(_permit) = limit.acquire_owned().await else { return };
+            let r = sim.lookup(from, target).await;
+            sim.record_lookup(t_s, Purpose::Audit, Phase::Steady, 0.0, r);
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
