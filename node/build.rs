@@ -32,7 +32,9 @@ fn build_client() -> Result<(), String> {
         .arg("--manifest-path")
         .arg(root.join("Cargo.toml"));
     // The outer build's flags are for the host, not for wasm.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
+    for var in
+        ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"]
+    {
         cmd.env_remove(var);
     }
     if env::var("CARGO_NET_OFFLINE").is_ok() {
@@ -69,7 +71,10 @@ fn ensure_wasm_target() -> Result<(), String> {
         .output()
         .map_err(|e| format!("running rustc: {e}"))?;
     let dir = String::from_utf8_lossy(&libdir.stdout).trim().to_string();
-    if libdir.status.success() && Path::new(&dir).join("..").exists() && std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+    if libdir.status.success()
+        && Path::new(&dir).join("..").exists()
+        && std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some())
+    {
         return Ok(());
     }
     let status = Command::new("rustup")
@@ -79,6 +84,7 @@ fn ensure_wasm_target() -> Result<(), String> {
     if status.success() {
         Ok(())
     } else {
-        Err("the wasm32-unknown-unknown target is missing; install it with: rustup target add wasm32-unknown-unknown".into())
+        Err("the wasm32-unknown-unknown target is missing; install it with: rustup target add wasm32-unknown-unknown"
+            .into())
     }
 }

@@ -373,22 +373,16 @@ fn handle(msg: NodeToClient) {
             with(|a| a.pending.remove(&id));
         }
         NodeToClient::Incoming { call, from, media } => incoming(call, from.to_string(), media),
-        NodeToClient::Ringing { call } => {
-            if is_current(&call) {
-                with(|a| a.call.as_mut().map(|c| c.phase = Phase::Ringing));
-                text("outgoing-state", "Ringing…");
-            }
+        NodeToClient::Ringing { call } if is_current(&call) => {
+            with(|a| a.call.as_mut().map(|c| c.phase = Phase::Ringing));
+            text("outgoing-state", "Ringing…");
         }
-        NodeToClient::Accepted { call } => {
-            if is_current(&call) {
-                wasm_bindgen_futures::spawn_local(start_caller());
-            }
+        NodeToClient::Accepted { call } if is_current(&call) => {
+            wasm_bindgen_futures::spawn_local(start_caller());
         }
         NodeToClient::Ended { call, reason } => ended(call, reason),
-        NodeToClient::Signal { call, signal } => {
-            if is_current(&call) {
-                wasm_bindgen_futures::spawn_local(on_signal(signal));
-            }
+        NodeToClient::Signal { call, signal } if is_current(&call) => {
+            wasm_bindgen_futures::spawn_local(on_signal(signal));
         }
         NodeToClient::MissedCall { notice } => missed(notice),
         _ => {}
@@ -556,7 +550,7 @@ fn make_pc() -> Result<RtcPeerConnection, String> {
     });
     dom::listen(pc.as_ref(), "track", |e| {
         let e: &RtcTrackEvent = e.unchecked_ref();
-        if let Some(stream) = e.streams().get(0).dyn_into::<MediaStream>().ok() {
+        if let Ok(stream) = e.streams().get(0).dyn_into::<MediaStream>() {
             el("remote-video").unchecked_into::<HtmlMediaElement>().set_src_object(Some(&stream));
         }
     });
@@ -602,7 +596,8 @@ fn show_call_screen() {
 }
 
 async fn attach_local(pc: &RtcPeerConnection, video: bool) -> Result<(), String> {
-    let stream = rtc::add_local_media(pc, video).await.map_err(|e| format!("Cannot use the microphone or camera: {e}"))?;
+    let stream =
+        rtc::add_local_media(pc, video).await.map_err(|e| format!("Cannot use the microphone or camera: {e}"))?;
     el("local-video").unchecked_into::<HtmlMediaElement>().set_src_object(Some(&stream));
     with(|a| a.call.as_mut().map(|c| c.local = Some(stream)));
     Ok(())
@@ -763,7 +758,8 @@ fn send_chat() {
 }
 
 fn chat_line(line: &str, mine: bool) {
-    let who = if mine { "You".to_string() } else { with(|a| a.call.as_ref().map(|c| c.peer.clone()).unwrap_or_default()) };
+    let who =
+        if mine { "You".to_string() } else { with(|a| a.call.as_ref().map(|c| c.peer.clone()).unwrap_or_default()) };
     let li = dom::make("li", if mine { "mine" } else { "" }, &format!("{who}: {line}"));
     let log = el("chat-log");
     let _ = log.append_child(&li);
@@ -782,7 +778,10 @@ async fn load_ice() {
     let ice = servers
         .iter()
         .map(|s| IceServer {
-            urls: s["urls"].as_array().map(|u| u.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()).unwrap_or_default(),
+            urls: s["urls"]
+                .as_array()
+                .map(|u| u.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
             username: s["username"].as_str().map(str::to_owned),
             credential: s["credential"].as_str().map(str::to_owned),
         })

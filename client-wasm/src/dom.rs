@@ -70,7 +70,8 @@ pub fn after(ms: i32, f: impl FnOnce() + 'static) {
 /// Calls `f` every `ms` milliseconds; returns the interval id.
 pub fn every(ms: i32, f: impl FnMut() + 'static) -> i32 {
     let cb = Closure::<dyn FnMut()>::new(f);
-    let id = window().set_interval_with_callback_and_timeout_and_arguments_0(cb.as_ref().unchecked_ref(), ms).unwrap_or(0);
+    let id =
+        window().set_interval_with_callback_and_timeout_and_arguments_0(cb.as_ref().unchecked_ref(), ms).unwrap_or(0);
     cb.forget();
     id
 }

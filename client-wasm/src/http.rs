@@ -42,7 +42,9 @@ pub async fn call(method: &str, path: &str, token: Option<&str>, body: Option<&V
     if let Some(t) = token {
         let _ = headers.set("Authorization", &format!("Bearer {t}"));
     }
-    let resp = JsFuture::from(window().fetch_with_request(&req)).await.map_err(|_| "the node cannot be reached".to_string())?;
+    let resp = JsFuture::from(window().fetch_with_request(&req))
+        .await
+        .map_err(|_| "the node cannot be reached".to_string())?;
     let resp: Response = resp.dyn_into().map_err(|_| "not a response".to_string())?;
     let status = resp.status();
     let text = match resp.text() {

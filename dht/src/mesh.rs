@@ -383,8 +383,8 @@ impl Mesh {
                 .with_tokio()
                 .with_other_transport(|key| {
                     use libp2p::Transport as _;
-                    let noise = noise::Config::new(key)
-                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+                    let noise =
+                        noise::Config::new(key).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
                     Ok(NetemTransport::new(netem.clone())
                         .upgrade(libp2p::core::upgrade::Version::V1Lazy)
                         .authenticate(noise)

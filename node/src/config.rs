@@ -497,8 +497,14 @@ const DOCS: &[(&str, &str)] = &[
     ("turn.enabled", "Serve STUN and TURN, so browsers can always reach each other (relayed if need be)."),
     ("turn.listen", "UDP address and port for STUN and TURN (3478 is the standard port)."),
     ("turn.public_host", "Host name or IP in the ICE server URLs. Unset: the host browsers use to reach this node."),
-    ("turn.relay_ip", "Relayed address to advertise, e.g. the public IP of a NAT in front. Unset: the address clients reach."),
-    ("turn.relay_port_min", "Lowest UDP port of relayed addresses (open relay_port_min..=relay_port_max in firewalls)."),
+    (
+        "turn.relay_ip",
+        "Relayed address to advertise, e.g. the public IP of a NAT in front. Unset: the address clients reach.",
+    ),
+    (
+        "turn.relay_port_min",
+        "Lowest UDP port of relayed addresses (open relay_port_min..=relay_port_max in firewalls).",
+    ),
     ("turn.relay_port_max", "Highest UDP port of relayed addresses."),
     ("turn.realm", "Realm of the TURN credentials. Unset: the zone name."),
     ("turn.credential_ttl", "How long the TURN credentials a logged-in user gets (GET /api/v1/ice) stay valid."),

@@ -379,9 +379,8 @@ fn host_part(authority: &str) -> Option<&str> {
     } else {
         authority.rsplit_once(':').map_or(authority, |(h, _)| h)
     };
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+    let ok =
+        !host.is_empty() && host.len() <= 253 && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
     ok.then_some(host)
 }
 

@@ -149,6 +149,9 @@ impl Server {
         let listener = std::net::TcpListener::bind(config.http.listen)
             .map_err(io(format!("listening on {}", config.http.listen)))?;
         listener.set_nonblocking(true).map_err(io("configuring listener"))?;
+        // Signalling is many small frames: no Nagle delay (accepted sockets
+        // inherit the option on Linux).
+        socket2::SockRef::from(&listener).set_tcp_nodelay(true).map_err(io("configuring listener"))?;
         let addr = listener.local_addr().map_err(io("reading listen address"))?;
         let admin = crate::admin::bind(&data)?;
         let turn = if config.turn.enabled {

@@ -21,10 +21,7 @@ const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval' 'uns
                    style-src 'self'; img-src 'self' data:; connect-src 'self' wss: ws:; media-src 'self' blob: mediastream:";
 
 fn asset(content_type: &'static str, body: impl IntoResponse) -> Response {
-    (
-        [(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache"), (X_CONTENT_TYPE_OPTIONS, "nosniff")],
-        body,
-    )
+    ([(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache"), (X_CONTENT_TYPE_OPTIONS, "nosniff")], body)
         .into_response()
 }
 

@@ -43,7 +43,16 @@ async fn a_small_mesh_resolves_and_routes_calls() {
     assert!(summary.lookups.success.rate >= 0.9, "{}", summary.table());
     assert!(summary.calls.total >= 1 && summary.calls.rate >= 0.5, "{}", summary.table());
     assert!(summary.lookups.hops.max <= summary.theory_hops_bound.ceil(), "{}", summary.table());
-    for f in ["summary.json", "report.md", "lookups.csv", "calls.csv", "timeline.csv", "latency.svg", "success.svg", "hops.svg"] {
+    for f in [
+        "summary.json",
+        "report.md",
+        "lookups.csv",
+        "calls.csv",
+        "timeline.csv",
+        "latency.svg",
+        "success.svg",
+        "hops.svg",
+    ] {
         let len = std::fs::metadata(out.path().join(f)).unwrap().len();
         assert!(len > 100, "{f} is {len} bytes");
     }

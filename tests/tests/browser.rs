@@ -33,9 +33,7 @@ fn run_browsers(scenario: &str, caller: (&Node, &str), callee: (&Node, &str), ic
         }
     }
     let artifacts = workspace().join("artifacts/browser").join(scenario);
-    let who = |n: &Node, name: &str| {
-        json!({"url": format!("https://{}", n.addr()), "name": name, "password": PASSWORD, "address": n.address(name)})
-    };
+    let who = |n: &Node, name: &str| json!({"url": format!("https://{}", n.addr()), "name": name, "password": PASSWORD, "address": n.address(name)});
     let cfg = json!({
         "scenario": if scenario == "tabs" { "tabs" } else { "call" },
         "caller": who(caller.0, caller.1),
@@ -139,9 +137,11 @@ async fn browsers_on_two_zones_call_across_the_mesh() -> Result<()> {
     loop {
         let call = d.call_with(&b.address("ferran"), AUDIO).await?;
         let ev = d
-            .expect_event("ringing or ended", WAIT, |e| {
-                matches!(e, NodeToClient::Ringing { call: c } | NodeToClient::Ended { call: c, .. } if *c == call)
-            })
+            .expect_event(
+                "ringing or ended",
+                WAIT,
+                |e| matches!(e, NodeToClient::Ringing { call: c } | NodeToClient::Ended { call: c, .. } if *c == call),
+            )
             .await?;
         match ev {
             // Offline: clot answered for ferran, who has no device yet.

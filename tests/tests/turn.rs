@@ -46,7 +46,7 @@ use webrtc_util::Conn as _;
 use xarxa_tests::{now_ms, unique, Node};
 
 const SECRET: &str = "turn-test-secret-0123456789";
-const QUIET: Duration = Duration::from_millis(500);
+const QUIET: Duration = Duration::from_millis(1500);
 
 fn strict() -> &'static Node {
     static NODE: OnceLock<Node> = OnceLock::new();

@@ -113,7 +113,8 @@ impl Udp {
     fn recv_batch(&self, rx: &mut Rx) -> io::Result<usize> {
         let Rx { buf, meta } = rx;
         let mut slots = buf.chunks_mut(SLOT);
-        let mut iovs: [IoSliceMut<'_>; BATCH] = std::array::from_fn(|_| IoSliceMut::new(slots.next().unwrap_or_default()));
+        let mut iovs: [IoSliceMut<'_>; BATCH] =
+            std::array::from_fn(|_| IoSliceMut::new(slots.next().unwrap_or_default()));
         self.io.try_io(Interest::READABLE, || self.state.recv((&self.io).into(), &mut iovs, meta))
     }
 
@@ -228,9 +229,7 @@ impl HostPorts {
         match kind {
             Peer::Remote => port != 0,
             Peer::Loopback => port != 0 && !service(),
-            Peer::ThisHost => {
-                !service() && self.relays.read().unwrap_or_else(PoisonError::into_inner).contains(&port)
-            }
+            Peer::ThisHost => !service() && self.relays.read().unwrap_or_else(PoisonError::into_inner).contains(&port),
         }
     }
 }
@@ -837,7 +836,13 @@ impl Listener {
         })
     }
 
-    fn create_permission(&mut self, m: &Message<'_>, from: SocketAddr, a: &Authed, now: Instant) -> Result<(), Failure> {
+    fn create_permission(
+        &mut self,
+        m: &Message<'_>,
+        from: SocketAddr,
+        a: &Authed,
+        now: Instant,
+    ) -> Result<(), Failure> {
         self.own_allocation(from, a)?;
         let mut granted = Vec::new();
         for peer in m.xor_addrs(attr::XOR_PEER_ADDRESS) {

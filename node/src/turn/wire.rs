@@ -254,7 +254,9 @@ impl<'a> Message<'a> {
     /// Every XOR-encoded address of type `t`, decoded.
     pub fn xor_addrs(&self, t: u16) -> impl Iterator<Item = Result<SocketAddr, WireError>> + 'a {
         let txn = self.txn;
-        self.attrs().filter(move |(at, _)| *at == t).map(move |(_, v)| xor_addr(v, &txn).ok_or(WireError::BadAttribute(t)))
+        self.attrs()
+            .filter(move |(at, _)| *at == t)
+            .map(move |(_, v)| xor_addr(v, &txn).ok_or(WireError::BadAttribute(t)))
     }
 
     /// The first XOR-encoded address of type `t`.

@@ -13,6 +13,10 @@
 //! - [`sockets`]: the node's memory holding ten thousand idle
 //!   authenticated sockets.
 //!
+//! (a) talks through the harness's [`xarxa_tests::Device`]; (b) and (c),
+//! with thousands of sockets sharing two cores with the node, through the
+//! leaner [`client`]. [`host`] reads memory and CPU time from `/proc`.
+//!
 //! Everything is bounded: counts by [`MAX_SOCKETS`] and the open-files
 //! limit, every wait by a timeout.
 
@@ -145,7 +149,7 @@ impl Options {
         if s.calls {
             n = n.max(self.calls.calls);
         }
-        if s.sockets {
+        if s.sockets && self.sockets.stage == sockets::Stage::Authenticated {
             n = n.max(self.sockets.sockets.div_ceil(self.sockets.devices_per_user.max(1)));
         }
         n

@@ -85,7 +85,8 @@ pub struct Outcome {
 /// each) on `node` and measures the node's memory.
 pub async fn run(node: &Node, users: &[User], opts: Options) -> Result<Outcome> {
     let per_user = opts.devices_per_user.max(1);
-    let needed = opts.sockets.div_ceil(per_user);
+    // Only authenticated sockets need users (and their tokens).
+    let needed = if opts.stage == Stage::Authenticated { opts.sockets.div_ceil(per_user) } else { 0 };
     if users.len() < needed {
         bail!("need {needed} users for {} sockets at {per_user} per user", opts.sockets);
     }
@@ -104,7 +105,7 @@ pub async fn run(node: &Node, users: &[User], opts: Options) -> Result<Outcome> 
     let mut tasks = Vec::with_capacity(opts.sockets);
     for i in 0..opts.sockets {
         let (client, gate, open, ready) = (client.clone(), gate.clone(), open.clone(), ready_tx.clone());
-        let token = users[i / per_user].token.clone();
+        let token = users.get(i / per_user).map(|u| u.token.clone()).unwrap_or_default();
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;

@@ -41,9 +41,11 @@ use stun::error_code::ErrorCodeAttribute;
 use stun::integrity::MessageIntegrity;
 use stun::message::{
     Getter, Message, MessageType, Setter, BINDING_REQUEST, CLASS_REQUEST, METHOD_ALLOCATE, METHOD_CHANNEL_BIND,
+    METHOD_REFRESH,
 };
 use stun::textattrs::TextAttribute;
 use turn::proto::channum::ChannelNumber;
+use turn::proto::lifetime::Lifetime;
 use turn::proto::peeraddr::PeerAddress;
 use turn::proto::reqtrans::RequestedTransport;
 use turn::proto::PROTO_UDP;
@@ -89,6 +91,9 @@ struct Cli {
 
 const SECRET: &str = "turn-bench-secret-0123456789";
 const CHANNEL: u16 = 0x4000;
+
+/// A table row: its label and how to read its figure.
+type Row = (&'static str, fn(&Figures) -> f64);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -194,7 +199,8 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     std::fs::File::open(format!("/proc/{pid}/stat"))?.read_to_string(&mut stat)?;
     let after = stat.rsplit_once(')').map(|(_, r)| r).context("/proc/pid/stat")?;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()? + fields.get(12).context("stime")?.parse::<u64>()?;
+    let ticks: u64 =
+        fields.get(11).context("utime")?.parse::<u64>()? + fields.get(12).context("stime")?.parse::<u64>()?;
     // USER_HZ is 100 on Linux.
     Ok(ticks as f64 / 100.0)
 }
@@ -247,6 +253,7 @@ fn error_code(m: &Message) -> Option<u16> {
 struct Client {
     sock: UdpSocket,
     server: SocketAddr,
+    auth: Auth,
 }
 
 struct Auth {
@@ -319,11 +326,21 @@ impl Client {
         let password =
             base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(&key, username.as_bytes()).as_ref());
         let mut auth = Auth { username, password, realm: String::new(), nonce: String::new() };
-        request(&sock, server, &mut auth, METHOD_ALLOCATE, &|| vec![Box::new(RequestedTransport { protocol: PROTO_UDP })])?;
+        request(&sock, server, &mut auth, METHOD_ALLOCATE, &|| {
+            vec![Box::new(RequestedTransport { protocol: PROTO_UDP })]
+        })?;
         request(&sock, server, &mut auth, METHOD_CHANNEL_BIND, &|| {
             vec![Box::new(ChannelNumber(CHANNEL)), Box::new(PeerAddress { ip: peer.ip(), port: peer.port() })]
         })?;
-        Ok(Self { sock, server })
+        Ok(Self { sock, server, auth })
+    }
+
+    /// Frees the allocation (Refresh with lifetime 0), so that a later
+    /// socket on the same port does not meet it (437).
+    fn release(mut self) -> Result<()> {
+        let _ = self.sock.set_read_timeout(Some(Duration::from_millis(100)));
+        let lifetime: &dyn Fn() -> Vec<Box<dyn Setter>> = &|| vec![Box::new(Lifetime(Duration::ZERO))];
+        request(&self.sock, self.server, &mut self.auth, METHOD_REFRESH, lifetime)
     }
 }
 
@@ -467,8 +484,6 @@ struct Figures {
     relay_rtt_p99_us: f64,
     /// relay − direct, p50, µs (two relay crossings).
     added_rtt_p50_us: f64,
-    /// relay − direct, p99, µs.
-    added_rtt_p99_us: f64,
     /// Packets lost in the paced phase (%).
     paced_loss_pct: f64,
 }
@@ -480,7 +495,8 @@ fn measure(cli: &Cli, server: &Server, echo: &Echo, round: usize) -> Result<Figu
     let lat = Duration::from_secs(cli.latency_seconds);
     let run_paced = |path: Path2| -> (u64, Vec<u64>) {
         thread::scope(|s| {
-            let hs: Vec<_> = clients.iter().map(|c| s.spawn(move || paced(c, path, cli.size, cli.rate, lat, base))).collect();
+            let hs: Vec<_> =
+                clients.iter().map(|c| s.spawn(move || paced(c, path, cli.size, cli.rate, lat, base))).collect();
             let mut sent = 0;
             let mut all = Vec::new();
             for h in hs {
@@ -504,6 +520,9 @@ fn measure(cli: &Cli, server: &Server, echo: &Echo, round: usize) -> Result<Figu
     });
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(server.child.id())? - cpu0;
+    for c in clients {
+        c.release().context("releasing an allocation")?;
+    }
     let rtps = done as f64 / elapsed;
     let (d50, d99, r50, r99) =
         (percentile(&direct, 0.5), percentile(&direct, 0.99), percentile(&relay, 0.5), percentile(&relay, 0.99));
@@ -520,7 +539,6 @@ fn measure(cli: &Cli, server: &Server, echo: &Echo, round: usize) -> Result<Figu
         relay_rtt_p50_us: r50,
         relay_rtt_p99_us: r99,
         added_rtt_p50_us: r50 - d50,
-        added_rtt_p99_us: r99 - d99,
         paced_loss_pct: 100.0 * (sent.saturating_sub(relay.len() as u64)) as f64 / sent.max(1) as f64,
     })
 }
@@ -563,9 +581,18 @@ fn uclient(server: &Server, echo: &Echo, cli: &Cli) -> Result<Uclient> {
     })
 }
 
-fn mean(v: impl Iterator<Item = f64>) -> f64 {
-    let v: Vec<f64> = v.collect();
-    v.iter().sum::<f64>() / v.len().max(1) as f64
+fn median(v: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = v.filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 #[derive(Serialize)]
@@ -593,12 +620,13 @@ fn run(cli: &Cli) -> Result<()> {
     );
     let mut rounds = Vec::new();
     for round in 0..cli.rounds {
-        let order: Vec<&Server> = if round % 2 == 0 { servers.iter().collect() } else { servers.iter().rev().collect() };
+        let order: Vec<&Server> =
+            if round % 2 == 0 { servers.iter().collect() } else { servers.iter().rev().collect() };
         for s in order {
             let f = measure(cli, s, &echo, round)?;
             println!(
                 "round {round} {:7} {:9.0} rt/s {:7.1} Mbit/s loss {:5.2}% cpu {:4.2} cores {:5.2} µs/pkt | \
-                 rtt p50 direct {:6.1} relay {:6.1} added {:6.1} µs, p99 added {:7.1} µs",
+                 rtt p50 direct {:6.1} relay {:6.1} added {:6.1} µs, p99 direct {:7.1} relay {:7.1} µs",
                 f.server,
                 f.round_trips_per_s,
                 f.relayed_mbit_per_s,
@@ -608,27 +636,42 @@ fn run(cli: &Cli) -> Result<()> {
                 f.direct_rtt_p50_us,
                 f.relay_rtt_p50_us,
                 f.added_rtt_p50_us,
-                f.added_rtt_p99_us
+                f.direct_rtt_p99_us,
+                f.relay_rtt_p99_us
             );
             rounds.push(f);
         }
     }
-    let of = |name: &str, pick: fn(&Figures) -> f64| mean(rounds.iter().filter(|f| f.server == name).map(pick));
-    let throughput_ratio = of("xarxa", |f| f.round_trips_per_s) / of("coturn", |f| f.round_trips_per_s);
-    let added_rtt_p50_ratio = of("xarxa", |f| f.added_rtt_p50_us) / of("coturn", |f| f.added_rtt_p50_us);
-    println!("\n| | xarxa | coturn | xarxa / coturn |\n|---|---|---|---|");
-    let rows: [(&str, fn(&Figures) -> f64); 7] = [
+    // Medians over the rounds: the machine may be busy with other work.
+    let of = |name: &str, pick: fn(&Figures) -> f64| median(rounds.iter().filter(|f| f.server == name).map(pick));
+    // Ratios within each round (the two servers ran back to back), then their median.
+    let ratio = |pick: fn(&Figures) -> f64| {
+        median((0..cli.rounds).filter_map(|r| {
+            let x = rounds.iter().find(|f| f.round == r && f.server == "xarxa")?;
+            let c = rounds.iter().find(|f| f.round == r && f.server == "coturn")?;
+            Some(pick(x) / pick(c))
+        }))
+    };
+    let throughput_ratio = ratio(|f| f.round_trips_per_s);
+    let added_rtt_p50_ratio = ratio(|f| f.added_rtt_p50_us);
+    println!(
+        "\nmedians of {} rounds:\n\n| | xarxa | coturn | xarxa / coturn (median of per-round ratios) |",
+        cli.rounds
+    );
+    println!("|---|---|---|---|");
+    let rows: [Row; 9] = [
         ("throughput, round trips/s", |f| f.round_trips_per_s),
         ("relayed payload, Mbit/s", |f| f.relayed_mbit_per_s),
         ("server CPU, µs per relayed packet", |f| f.server_cpu_us_per_packet),
         ("server CPU, cores", |f| f.server_cpu_cores),
-        ("added RTT p50, µs", |f| f.added_rtt_p50_us),
-        ("added RTT p99, µs", |f| f.added_rtt_p99_us),
+        ("RTT p50 direct (no relay), µs", |f| f.direct_rtt_p50_us),
+        ("RTT p50 through the relay, µs", |f| f.relay_rtt_p50_us),
+        ("added RTT p50 (two relay crossings), µs", |f| f.added_rtt_p50_us),
+        ("RTT p99 through the relay, µs", |f| f.relay_rtt_p99_us),
         ("paced loss, %", |f| f.paced_loss_pct),
     ];
     for (what, pick) in rows {
-        let (x, c) = (of("xarxa", pick), of("coturn", pick));
-        println!("| {what} | {x:.1} | {c:.1} | {:.2} |", x / c);
+        println!("| {what} | {:.1} | {:.1} | {:.2} |", of("xarxa", pick), of("coturn", pick), ratio(pick));
     }
     let mut ucl = Vec::new();
     if cli.uclient {
@@ -641,7 +684,9 @@ fn run(cli: &Cli) -> Result<()> {
             ucl.push(u);
         }
     }
-    println!("\nthroughput xarxa/coturn = {throughput_ratio:.2}; added RTT p50 xarxa/coturn = {added_rtt_p50_ratio:.2}");
+    println!(
+        "\nthroughput xarxa/coturn = {throughput_ratio:.2}; added RTT p50 xarxa/coturn = {added_rtt_p50_ratio:.2}"
+    );
     if let Some(path) = &cli.json {
         let report = Report {
             clients: cli.clients,

@@ -172,14 +172,21 @@ async fn main() -> anyhow::Result<()> {
             let s = load(&scenario, &over)?;
             let plan = Plan::new(&s);
             let (l, c) = plan.operations();
-            println!("{}  {} nodes ({} ever), {} actions, {l} lookups, {c} calls", plan.digest(), s.nodes, plan.nodes.len(), plan.actions.len());
+            println!(
+                "{}  {} nodes ({} ever), {} actions, {l} lookups, {c} calls",
+                plan.digest(),
+                s.nodes,
+                plan.nodes.len(),
+                plan.actions.len()
+            );
             let lat = sim::metrics::Dist::of(plan.latency_sample(10_000));
             println!(
                 "one-way link latency ms: p50 {:.1}, p90 {:.1}, p99 {:.1}, max {:.1}",
                 lat.p50, lat.p90, lat.p99, lat.max
             );
             if let Some(p) = json {
-                std::fs::write(&p, serde_json::to_vec_pretty(&plan)?).with_context(|| format!("writing {}", p.display()))?;
+                std::fs::write(&p, serde_json::to_vec_pretty(&plan)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
             }
         }
         Cmd::Sweep { scenario, sizes, out, over, quiet } => {
@@ -222,7 +229,15 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("size plots in {}", out.display());
         }
         Cmd::Multi { nodes, users, lookups, calls, seed, settle, out, no_compare, margin } => {
-            let o = multi::MultiOptions { nodes, users_per_node: users, lookups, calls, seed, settle_s: settle, concurrency: 8 };
+            let o = multi::MultiOptions {
+                nodes,
+                users_per_node: users,
+                lookups,
+                calls,
+                seed,
+                settle_s: settle,
+                concurrency: 8,
+            };
             std::fs::create_dir_all(&out)?;
             let m = multi::run(&o, true).await?;
             std::fs::write(out.join("multi.json"), serde_json::to_vec_pretty(&m)?)?;

@@ -78,6 +78,8 @@ pub struct ResourcePoint {
     pub rss_mib: f64,
     /// Emulated connections open.
     pub connections: usize,
+    /// CPU seconds (user + system) the process has used so far.
+    pub cpu_s: f64,
 }
 
 /// Percentiles of a set of values.
@@ -207,6 +209,17 @@ pub fn rss_bytes() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
         .map_or(0, |pages| pages * 4096)
+}
+
+/// CPU seconds (user + system) this process has used (Linux; 0 elsewhere).
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 #[cfg(test)]

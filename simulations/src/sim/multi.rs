@@ -142,7 +142,8 @@ pub async fn run(o: &MultiOptions, progress: bool) -> anyhow::Result<MultiSummar
     let mut c = MeshConfig::new(ZoneName::parse("observer")?);
     c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed ^ 0x0b5e);
-    let mut boot: Vec<Multiaddr> = procs.iter().flat_map(|p| p.info().mesh.clone()).filter_map(|a| a.parse().ok()).collect();
+    let mut boot: Vec<Multiaddr> =
+        procs.iter().flat_map(|p| p.info().mesh.clone()).filter_map(|a| a.parse().ok()).collect();
     boot.shuffle(&mut rng);
     boot.truncate(3);
     c.bootstrap = boot;
@@ -162,12 +163,21 @@ pub async fn run(o: &MultiOptions, progress: bool) -> anyhow::Result<MultiSummar
     tokio::time::sleep(Duration::from_secs(o.settle_s)).await;
 
     // Targets: random users, drawn from the seed.
-    let users: Vec<(usize, String)> =
-        plan.nodes.iter().take(o.nodes).enumerate().flat_map(|(i, n)| n.users.iter().map(move |u| (i, u.clone()))).collect();
+    let users: Vec<(usize, String)> = plan
+        .nodes
+        .iter()
+        .take(o.nodes)
+        .enumerate()
+        .flat_map(|(i, n)| n.users.iter().map(move |u| (i, u.clone())))
+        .collect();
     let pick = |rng: &mut ChaCha8Rng| users.choose(rng).cloned();
     let observer = Arc::new(observer);
     let limit = Arc::new(Semaphore::new(o.concurrency.max(1)));
-    let bar = if progress { indicatif::ProgressBar::new((o.lookups + o.calls) as u64) } else { indicatif::ProgressBar::hidden() };
+    let bar = if progress {
+        indicatif::ProgressBar::new((o.lookups + o.calls) as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let mut set = tokio::task::JoinSet::new();
     for k in 0..(o.lookups + o.calls) {
         let Some((node, user)) = pick(&mut rng) else { break };
@@ -181,7 +191,10 @@ pub async fn run(o: &MultiOptions, progress: bool) -> anyhow::Result<MultiSummar
             let out = if is_call {
                 let invite = NodeToNode::Invite {
                     call: CallId(format!("multi-{k}")),
-                    from: Address::new(UserName::parse("sim").unwrap_or_else(|_| addr.name.clone()), observer.zone().clone()),
+                    from: Address::new(
+                        UserName::parse("sim").unwrap_or_else(|_| addr.name.clone()),
+                        observer.zone().clone(),
+                    ),
                     to: addr.clone(),
                     media: Media { audio: true, video: false },
                 };
@@ -222,7 +235,9 @@ pub async fn run(o: &MultiOptions, progress: bool) -> anyhow::Result<MultiSummar
         plan_digest: plan.digest(),
         lookups: Rate::of(lookups.iter().map(|r| r.1)),
         latency_ms: Dist::of(lookups.iter().filter(|r| r.1).map(|r| r.4)),
-        hops: Dist::of(lookups.iter().filter_map(|r| r.3.and_then(|s| s.requests_to_first).map(|x| f64::from(hops(x))))),
+        hops: Dist::of(
+            lookups.iter().filter_map(|r| r.3.and_then(|s| s.requests_to_first).map(|x| f64::from(hops(x)))),
+        ),
         messages: Dist::of(lookups.iter().filter_map(|r| r.3.map(|s| f64::from(s.requests)))),
         calls: Rate::of(calls.iter().map(|r| r.1)),
         call_ms: Dist::of(calls.iter().filter(|r| r.1).map(|r| r.4)),

@@ -445,7 +445,10 @@ impl Plan {
                     Change::Split => {
                         far = self::far_side(&nodes, &live, s, &mut rng);
                         split = true;
-                        actions.push(Timed { at_ms: now, action: Action::Partition { far: far.iter().copied().collect() } });
+                        actions.push(Timed {
+                            at_ms: now,
+                            action: Action::Partition { far: far.iter().copied().collect() },
+                        });
                     }
                     Change::Heal => {
                         split = false;

@@ -98,6 +98,10 @@ pub struct Summary {
     pub nodes_per_gib: f64,
     /// Emulated connections per node when the workload started.
     pub connections_per_node: f64,
+    /// CPU cores the process used on average during the workload.
+    pub cpu_cores: f64,
+    /// CPU milliseconds per node per second during the workload.
+    pub cpu_ms_per_node_s: f64,
     /// Lookups completed per second of workload (all purposes).
     pub lookups_per_s: f64,
     /// Kademlia requests per second of workload, by the lookups measured.
@@ -116,6 +120,15 @@ pub struct Summary {
     pub timeline: Vec<Bucket>,
 }
 
+fn cpu_cores(m: &Measured) -> f64 {
+    let wall = m.workload_wall.1 - m.workload_wall.0;
+    if wall > 0.0 {
+        (m.cpu_at_end - m.cpu_at_workload) / wall
+    } else {
+        0.0
+    }
+}
+
 fn count_errors<'a>(errs: impl Iterator<Item = &'a str>) -> Vec<(String, usize)> {
     let mut m: std::collections::BTreeMap<String, usize> = Default::default();
     for e in errs {
@@ -124,7 +137,7 @@ fn count_errors<'a>(errs: impl Iterator<Item = &'a str>) -> Vec<(String, usize)>
         *m.entry(key).or_default() += 1;
     }
     let mut v: Vec<(String, usize)> = m.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     v
 }
 
@@ -145,8 +158,12 @@ impl Summary {
             success: Rate::of(work.iter().filter(|l| l.phase != Phase::PartitionCross).map(|l| l.ok)),
             latency_ms: Dist::of(ok_work.iter().map(|l| l.latency_ms)),
             first_record_ms: Dist::of(ok_work.iter().filter_map(|l| l.first_ms)),
-            hops: Dist::of(ok_work.iter().filter(whole).filter_map(|l| l.requests_to_first.map(|r| f64::from(hops(r))))),
-            requests_to_first: Dist::of(ok_work.iter().filter(whole).filter_map(|l| l.requests_to_first.map(f64::from))),
+            hops: Dist::of(
+                ok_work.iter().filter(whole).filter_map(|l| l.requests_to_first.map(|r| f64::from(hops(r)))),
+            ),
+            requests_to_first: Dist::of(
+                ok_work.iter().filter(whole).filter_map(|l| l.requests_to_first.map(f64::from)),
+            ),
             messages: Dist::of(work.iter().filter(|l| l.requests > 0).map(|l| f64::from(l.requests))),
             by_phase,
             errors: count_errors(work.iter().filter_map(|l| l.error.as_deref())),
@@ -201,6 +218,12 @@ impl Summary {
             } else {
                 0.0
             },
+            cpu_cores: cpu_cores(m),
+            cpu_ms_per_node_s: if m.nodes_at_workload > 0 {
+                cpu_cores(m) * 1000.0 / m.nodes_at_workload as f64
+            } else {
+                0.0
+            },
             lookups_per_s: m.lookups.len() as f64 / workload_s,
             kad_requests_per_s: requests / workload_s,
             lateness_ms: Dist::of(work.iter().map(|l| l.late_ms).chain(m.calls.iter().map(|c| c.late_ms))),
@@ -219,7 +242,10 @@ impl Summary {
         let d = |x: &Dist| format!("{:.0} / {:.0} / {:.0}", x.p50, x.p90, x.p99);
         let rows: Vec<(String, String)> = vec![
             ("scenario".into(), format!("{} (seed {}, plan {})", self.scenario, self.seed, &self.plan_digest[..12])),
-            ("nodes".into(), format!("{} at start, {} ever, {} at workload", self.nodes, self.nodes_ever, self.nodes_at_workload)),
+            (
+                "nodes".into(),
+                format!("{} at start, {} ever, {} at workload", self.nodes, self.nodes_ever, self.nodes_at_workload),
+            ),
             ("lookup success".into(), pct(&self.lookups.success)),
             ("lookup latency p50/p90/p99 ms".into(), d(&self.lookups.latency_ms)),
             ("first record p50/p90/p99 ms".into(), d(&self.lookups.first_record_ms)),
@@ -238,16 +264,29 @@ impl Summary {
                 "requests to 1st record mean/p99".into(),
                 format!("{:.2} / {:.0}", self.lookups.requests_to_first.mean, self.lookups.requests_to_first.p99),
             ),
-            ("messages per lookup mean/p99".into(), format!("{:.1} / {:.0}", self.lookups.messages.mean, self.lookups.messages.p99)),
+            (
+                "messages per lookup mean/p99".into(),
+                format!("{:.1} / {:.0}", self.lookups.messages.mean, self.lookups.messages.p99),
+            ),
             ("call success".into(), pct(&self.calls)),
             ("call set-up p50/p90/p99 ms".into(), d(&self.call_setup_ms)),
             ("records lost (audit)".into(), format!("{} of {}", self.records_lost, self.audit.total)),
             (
                 "memory per node".into(),
-                format!("{:.0} KiB ({:.0} nodes/GiB; peak RSS {:.0} MiB)", self.memory_per_node_kib, self.nodes_per_gib, self.rss_peak_mib),
+                format!(
+                    "{:.0} KiB ({:.0} nodes/GiB; peak RSS {:.0} MiB)",
+                    self.memory_per_node_kib, self.nodes_per_gib, self.rss_peak_mib
+                ),
             ),
             ("connections per node".into(), format!("{:.1}", self.connections_per_node)),
-            ("lookups/s simulated".into(), format!("{:.1} ({:.0} kad requests/s)", self.lookups_per_s, self.kad_requests_per_s)),
+            (
+                "CPU during workload".into(),
+                format!("{:.2} cores ({:.2} ms per node per s)", self.cpu_cores, self.cpu_ms_per_node_s),
+            ),
+            (
+                "lookups/s simulated".into(),
+                format!("{:.1} ({:.0} kad requests/s)", self.lookups_per_s, self.kad_requests_per_s),
+            ),
             ("lateness p50/p99 ms".into(), format!("{:.0} / {:.0}", self.lateness_ms.p50, self.lateness_ms.p99)),
             ("dropped / skipped".into(), format!("{} / {}", self.dropped, self.skipped)),
             ("wall time".into(), format!("{:.0} s{}", self.wall_s, if self.cut_short { " (cut short)" } else { "" })),
@@ -393,9 +432,9 @@ pub fn write_files(dir: &Path, plan: &Plan, m: &Measured, summary: &Summary) -> 
         );
     }
     std::fs::write(dir.join("timeline.csv"), t)?;
-    let mut r = String::from("t_s,nodes,rss_mib,connections\n");
+    let mut r = String::from("t_s,nodes,rss_mib,connections,cpu_s\n");
     for p in &m.resources {
-        let _ = writeln!(r, "{:.1},{},{:.1},{}", p.t_s, p.nodes, p.rss_mib, p.connections);
+        let _ = writeln!(r, "{:.1},{},{:.1},{},{:.2}", p.t_s, p.nodes, p.rss_mib, p.connections, p.cpu_s);
     }
     std::fs::write(dir.join("resources.csv"), r)
 }

@@ -9,15 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use dht::netem::{memory_addr, Netem, NetemConfig};
 use dht::mesh::{Multiaddr, PeerId};
+use dht::netem::{memory_addr, Netem, NetemConfig};
 use dht::{Inbound, Mesh, MeshConfig, Network, Receipt};
 use ed25519_dalek::SigningKey;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use signalling::{Address, CallId, Media, NodeToNode, UserName, ZoneName};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::metrics::{rss_bytes, CallSample, LookupSample, Purpose, ResourcePoint};
+use super::metrics::{cpu_seconds, rss_bytes, CallSample, LookupSample, Purpose, ResourcePoint};
 use super::plan::{Action, Links, Phase, Plan, UserRef};
 
 /// How a run is carried out (not part of the plan).
@@ -54,6 +54,12 @@ pub struct Measured {
     pub connections_at_workload: usize,
     /// Highest RSS seen, bytes.
     pub rss_peak: u64,
+    /// CPU seconds used when the workload started and when it ended.
+    pub cpu_at_workload: f64,
+    /// CPU seconds used when the workload ended.
+    pub cpu_at_end: f64,
+    /// Seconds from the start to the beginning and end of the workload.
+    pub workload_wall: (f64, f64),
     /// Seconds after the heal when each probe first succeeded (None: never).
     pub probe_recovery_s: Vec<Option<f64>>,
     /// Wall-clock seconds of the whole run.
@@ -101,7 +107,6 @@ impl Sim {
     /// `/memory/<port>/p2p/<peer id>` of node `i`.
     fn addr_of(&self, i: usize) -> Multiaddr {
         let port = self.plan.nodes[i].port;
-        if std::env::var_os("SIMTCP").is_some() { return format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", 20000 + port, self.peers[i]).parse().unwrap_or_else(|_| memory_addr(port)); }
         format!("/memory/{port}/p2p/{}", self.peers[i]).parse().unwrap_or_else(|_| memory_addr(port))
     }
 
@@ -136,7 +141,6 @@ impl Sim {
         c.retries = s.mesh.retries;
         c.max_connections = s.mesh.max_connections;
         c.network = Network::Simulated(self.netem.clone());
-        if std::env::var_os("SIMTCP").is_some() { c.network = Network::Native; c.listen = vec![format!("/ip4/127.0.0.1/tcp/{}", 20000 + n.port).parse()?]; }
         self.netem.revive(n.port);
         self.netem.set_nat(n.port, n.nat);
         let tree = self.db.open_tree(format!("n{i}"))?;
@@ -206,7 +210,12 @@ impl Sim {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(id.clone(), tx);
         let t = Instant::now();
-        let invite = NodeToNode::Invite { call: CallId(id.clone()), from, to: to.clone(), media: Media { audio: true, video: false } };
+        let invite = NodeToNode::Invite {
+            call: CallId(id.clone()),
+            from,
+            to: to.clone(),
+            media: Media { audio: true, video: false },
+        };
         let timeout = secs(self.plan.scenario.call_timeout_s);
         let res = tokio::time::timeout(timeout, async {
             let peer = mesh.send(&to, invite).await.map_err(|e| format!("invite: {e}"))?;
@@ -307,6 +316,7 @@ pub async fn run(plan: Plan, opts: &RunOptions) -> anyhow::Result<Measured> {
                     nodes: sim.running(),
                     rss_mib: rss_bytes() as f64 / (1 << 20) as f64,
                     connections: sim.netem.open_connections(),
+                    cpu_s: cpu_seconds(),
                 };
                 lock(&resources).push(p);
             }
@@ -340,14 +350,8 @@ pub async fn run(plan: Plan, opts: &RunOptions) -> anyhow::Result<Measured> {
             m.rss_at_workload = rss_bytes();
             m.nodes_at_workload = sim.running();
             m.connections_at_workload = netem.open_connections();
-            if std::env::var_os("SIMDEBUG").is_some() {
-                let meshes: Vec<Mesh> = lock(&sim.nodes).iter().flatten().map(|n| n.mesh.clone()).collect();
-                for (i, mm) in meshes.iter().enumerate().take(12) {
-                    let t = Instant::now();
-                    let st = mm.status().await;
-                    eprintln!("node {i}: status in {:?}: rt {} peers {} stored {} claim {:?} lookups {} failed {}", t.elapsed(), st.routing_table, st.peers.len(), st.stored_records, st.claim, st.lookups, st.failed_lookups);
-                }
-            }
+            m.cpu_at_workload = cpu_seconds();
+            m.workload_wall.0 = sim.t0.elapsed().as_secs_f64();
         }
         let late_ms = at.elapsed().as_secs_f64() * 1e3;
         let t_s = (timed.at_ms as f64 - workload_t0.as_millis() as f64) / 1e3;
@@ -398,6 +402,8 @@ pub async fn run(plan: Plan, opts: &RunOptions) -> anyhow::Result<Measured> {
                 tasks.spawn(async move { probe(sim, probes, p, t_s).await });
             }
             Action::Audit { checks } => {
+                m.cpu_at_end = cpu_seconds();
+                m.workload_wall.1 = sim.t0.elapsed().as_secs_f64();
                 bar.set_message("auditing records");
                 let (sim, checks) = (sim.clone(), checks.clone());
                 tasks.spawn(async move { audit(sim, checks, t_s).await });

@@ -333,13 +333,12 @@ impl Scenario {
         }
         if let Some(c) = &self.churn {
             let unit = |x: f64| (0.0..=1.0).contains(&x);
-            if !unit(c.replace_fraction) || !unit(c.crash_share) || !unit(c.rejoin_share) || !nonneg(c.rejoin_after_s)
-            {
+            if !unit(c.replace_fraction) || !unit(c.crash_share) || !unit(c.rejoin_share) || !nonneg(c.rejoin_after_s) {
                 return bad("churn", "fractions in [0, 1], rejoin_after_s >= 0");
             }
         }
         if let Some(p) = &self.partition {
-            if !(p.fraction > 0.0 && p.fraction < 1.0) || !nonneg(p.at_s) || !pos(p.heal_after_s) {
+            if !(p.fraction > 0.0 && p.fraction < 1.0 && nonneg(p.at_s) && pos(p.heal_after_s)) {
                 return bad("partition", "fraction in (0, 1), at_s >= 0, heal_after_s > 0");
             }
             if !pos(p.probe_interval_s) || !pos(p.probe_timeout_s) || p.probe_timeout_s > 3600.0 {
