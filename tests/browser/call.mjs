@@ -62,6 +62,7 @@ async function stats(page) {
       out.localType = report.get(pair.localCandidateId)?.candidateType ?? null;
       out.remoteType = report.get(pair.remoteCandidateId)?.candidateType ?? null;
       out.localAddress = report.get(pair.localCandidateId)?.address ?? null;
+      out.remoteAddress = report.get(pair.remoteCandidateId)?.address ?? null;
     }
     return out;
   });
