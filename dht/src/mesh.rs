@@ -74,6 +74,8 @@ pub struct MeshConfig {
     pub retries: u32,
     /// Established connections in total.
     pub max_connections: u32,
+    /// How long a connection with no protocol using it stays open.
+    pub idle_timeout: Duration,
     /// The network under the swarm: real sockets, or a simulator's.
     pub network: Network,
 }
@@ -132,6 +134,7 @@ impl MeshConfig {
             request_timeout: Duration::from_secs(5),
             retries: 2,
             max_connections: 256,
+            idle_timeout: Duration::from_secs(120),
             network: Network::Native,
         }
     }
@@ -366,7 +369,8 @@ impl Mesh {
             Behaviour::new(key, relay_client, store, &bconfig)
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         };
-        let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
+        let idle_timeout = config.idle_timeout;
+        let idle = move |c: libp2p::swarm::Config| c.with_idle_connection_timeout(idle_timeout);
         let mut swarm = match &config.network {
             Network::Native => libp2p::SwarmBuilder::with_existing_identity(keypair)
                 .with_tokio()

@@ -111,6 +111,9 @@ pub struct NetemStats {
     pub connections: u64,
     /// Connections reset by a partition.
     pub resets: u64,
+    /// Reads attempted on emulated connections (how often connection
+    /// tasks poll their sockets).
+    pub polls: u64,
 }
 
 /// The emulated network shared by every simulated node.
@@ -126,6 +129,7 @@ pub struct Netem {
     failed_dials: AtomicU64,
     connections: AtomicU64,
     resets: AtomicU64,
+    polls: AtomicU64,
 }
 
 #[derive(Default)]
@@ -224,6 +228,7 @@ impl Netem {
             failed_dials: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             resets: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
         })
     }
 
@@ -304,6 +309,7 @@ impl Netem {
             failed_dials: g(&self.failed_dials),
             connections: g(&self.connections),
             resets: g(&self.resets),
+            polls: g(&self.polls),
         }
     }
 
@@ -450,6 +456,7 @@ impl NetemStream {
 impl AsyncRead for NetemStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        this.netem.polls.fetch_add(1, Ordering::Relaxed);
         loop {
             if this.conn.cut.load(Ordering::Relaxed) {
                 return Poll::Ready(Err(Self::reset()));

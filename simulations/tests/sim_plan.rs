@@ -26,6 +26,21 @@ fn same_seed_same_topology_and_workload() {
 }
 
 #[test]
+fn every_shipped_scenario_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let s = Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!Plan::new(&s).actions.is_empty());
+            n += 1;
+        }
+    }
+    assert!(n >= 5);
+}
+
+#[test]
 fn plans_have_what_the_scenarios_ask_for() {
     let churn = Plan::new(&scenario("churn-1000.toml"));
     let leaves = churn.actions.iter().filter(|a| matches!(a.action, Action::Leave { .. })).count();

@@ -81,12 +81,33 @@ async fn two_browsers_call_with_audio_video_and_chat() -> Result<()> {
     })
     .await??;
     assert_media(&v);
-    // Only 127.0.0.1 candidates are signalled (`?ice=loopback`): every
-    // packet is sent to a loopback address.
-    for side in ["caller", "callee"] {
-        assert_eq!(v[side]["remoteAddress"].as_str(), Some("127.0.0.1"), "{side} sends to loopback: {v}");
-    }
+    assert_media_stays_on_this_machine(&v);
     Ok(())
+}
+
+/// Only 127.0.0.1 candidates are signalled (`?ice=loopback`), so at least
+/// one side sends to 127.0.0.1. The other side may answer a peer-reflexive
+/// candidate (the checks arrived from whichever local interface the peer's
+/// kernel picked for 127.0.0.1), whose address Chromium hides; every address
+/// the stats do show must belong to this machine, so no media leaves it.
+fn assert_media_stays_on_this_machine(v: &Value) {
+    let remote = |side: &str| v[side]["remoteAddress"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        remote("caller") == "127.0.0.1" || remote("callee") == "127.0.0.1",
+        "one side sends to the signalled loopback candidate: {v}"
+    );
+    for side in ["caller", "callee"] {
+        for field in ["localAddress", "remoteAddress"] {
+            let addr = v[side][field].as_str().unwrap_or_default();
+            if addr.is_empty() {
+                continue; // a hidden peer-reflexive address: the peer's local one, checked on its side
+            }
+            let ip: std::net::IpAddr = addr.parse().unwrap_or_else(|_| panic!("{side} {field} is an IP: {v}"));
+            // Binding succeeds only for loopback and this machine's own addresses.
+            let local = ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok();
+            assert!(local, "{side} {field} {ip} belongs to this machine: {v}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,6 +143,7 @@ async fn three_tabs_ring_and_one_answers() -> Result<()> {
     .await??;
     assert_eq!(v["tabs"].as_u64(), Some(3));
     assert_media(&v);
+    assert_media_stays_on_this_machine(&v);
     Ok(())
 }
 
@@ -165,5 +187,6 @@ async fn browsers_on_two_zones_call_across_the_mesh() -> Result<()> {
     })
     .await??;
     assert_media(&v);
+    assert_media_stays_on_this_machine(&v);
     Ok(())
 }

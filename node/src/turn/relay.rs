@@ -121,15 +121,16 @@ impl Udp {
     /// Sends `contents` to `to`: one datagram, or (with `segment`) datagrams
     /// of `segment` bytes, the last possibly shorter. Drops them if the
     /// socket buffer is full.
+    ///
+    /// The send is made straight on the socket, not through tokio's
+    /// readiness (`try_send_to`): a relay socket made a moment ago has no
+    /// writable readiness yet until the reactor has turned, and tokio would
+    /// answer `WouldBlock` without asking the kernel, dropping the first
+    /// datagrams of a call.
     fn send(&self, to: SocketAddr, contents: &[u8], segment: Option<usize>) {
-        let result = match segment.filter(|s| contents.len() > *s) {
-            None => self.io.try_send_to(contents, to).map(drop),
-            Some(segment) => {
-                let t = Transmit { destination: to, ecn: None, contents, segment_size: Some(segment), src_ip: None };
-                self.io.try_io(Interest::WRITABLE, || self.state.send((&self.io).into(), &t))
-            }
-        };
-        if let Err(e) = result {
+        let segment_size = segment.filter(|s| contents.len() > *s);
+        let t = Transmit { destination: to, ecn: None, contents, segment_size, src_ip: None };
+        if let Err(e) = self.state.send((&self.io).into(), &t) {
             debug!(error = %e, to = %Pii(&to), "turn: datagram dropped");
         }
     }

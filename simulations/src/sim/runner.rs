@@ -140,6 +140,7 @@ impl Sim {
         c.request_timeout = Duration::from_millis(s.mesh.request_timeout_ms);
         c.retries = s.mesh.retries;
         c.max_connections = s.mesh.max_connections;
+        c.idle_timeout = secs(s.mesh.idle_timeout_s);
         c.network = Network::Simulated(self.netem.clone());
         self.netem.revive(n.port);
         self.netem.set_nat(n.port, n.nat);

@@ -127,6 +127,8 @@ pub struct MeshParams {
     pub retries: u32,
     /// Established connections per node.
     pub max_connections: u32,
+    /// Seconds a connection no protocol uses stays open (the node: 120).
+    pub idle_timeout_s: f64,
 }
 
 /// Nodes leaving and joining during the workload.
@@ -218,6 +220,7 @@ impl Default for MeshParams {
             request_timeout_ms: 5000,
             retries: 2,
             max_connections: 256,
+            idle_timeout_s: 120.0,
         }
     }
 }
