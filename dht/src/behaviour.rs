@@ -74,8 +74,12 @@ pub struct BehaviourConfig {
     pub mdns: bool,
     /// Established connections in total.
     pub max_connections: u32,
-    /// How long a signalling request may take.
+    /// How long a signalling request may take (also a Kademlia request:
+    /// a peer that does not answer in this time counts as failed, and the
+    /// query goes on without it).
     pub request_timeout: Duration,
+    /// How often Kademlia refreshes its routing table.
+    pub bootstrap_interval: Duration,
 }
 
 impl Behaviour {
@@ -93,7 +97,8 @@ impl Behaviour {
             .set_publication_interval(None)
             .set_record_ttl(None)
             .set_query_timeout(Duration::from_secs(10))
-            .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+            .set_substreams_timeout(config.request_timeout)
+            .set_periodic_bootstrap_interval(Some(config.bootstrap_interval));
         let mut kad = kad::Behaviour::with_config(peer, store, kad_config);
         kad.set_mode(Some(kad::Mode::Server));
         let limits = connection_limits::ConnectionLimits::default()

@@ -22,7 +22,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 pub use libp2p::PeerId;
-use libp2p::{identify, identity, mdns, noise, tcp, yamux, Swarm};
+use libp2p::{identify, identity, mdns, noise, ping, tcp, yamux, Swarm};
 use serde::{Deserialize, Serialize};
 use signalling::{Address, EndReason, NodeToNode, UserName, ZoneName};
 use tokio::sync::{mpsc, oneshot};
@@ -76,6 +76,9 @@ pub struct MeshConfig {
     pub max_connections: u32,
     /// How long a connection with no protocol using it stays open.
     pub idle_timeout: Duration,
+    /// How often Kademlia refreshes its routing table (libp2p's default:
+    /// 5 minutes); it also refreshes whenever the table is nearly empty.
+    pub bootstrap_interval: Duration,
     /// The network under the swarm: real sockets, or a simulator's.
     pub network: Network,
 }
@@ -110,7 +113,29 @@ pub struct LookupStats {
     pub total_ms: u64,
     /// Records returned.
     pub records: u32,
+    /// Whether the query was stopped as soon as it had enough records
+    /// (rather than asking every one of the closest peers).
+    pub early: bool,
 }
+
+/// When a lookup has found enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enough {
+    /// Ask every one of the closest peers (tools, and the fallback when
+    /// an early answer did not hold up).
+    All,
+    /// Stop at the first record that is well-formed, signed by its node
+    /// and unexpired (user records: checked against the zone's claim
+    /// afterwards, with a full lookup if that fails).
+    FirstValid,
+    /// Stop once this many valid records from other nodes name the same
+    /// node (zone claims: a quorum of holders rather than the first voice;
+    /// this node's own copy does not count).
+    Agree(usize),
+}
+
+/// Holders of a zone claim that must agree before a lookup stops early.
+const CLAIM_QUORUM: usize = 3;
 
 impl MeshConfig {
     /// Defaults for `zone`: TCP and QUIC on port 7447 of every interface.
@@ -135,6 +160,7 @@ impl MeshConfig {
             retries: 2,
             max_connections: 256,
             idle_timeout: Duration::from_secs(120),
+            bootstrap_interval: Duration::from_secs(300),
             network: Network::Native,
         }
     }
@@ -267,13 +293,43 @@ pub struct MeshStatus {
 
 #[derive(Debug)]
 enum Cmd {
-    Get { key: Vec<u8>, reply: oneshot::Sender<(Vec<Vec<u8>>, LookupStats)> },
-    Put { key: Vec<u8>, value: Vec<u8>, expires_at_ms: u64, reply: oneshot::Sender<Result<(), String>> },
-    Send { peer: PeerId, addrs: Vec<Multiaddr>, msg: NodeToNode, reply: oneshot::Sender<Result<Receipt, String>> },
-    Respond { channel: ResponseChannel<Receipt>, receipt: Receipt },
-    Status { reply: oneshot::Sender<SwarmStatus> },
+    Get {
+        key: Vec<u8>,
+        enough: Enough,
+        reply: oneshot::Sender<(Vec<Vec<u8>>, LookupStats)>,
+    },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expires_at_ms: u64,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Send {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        msg: NodeToNode,
+        reply: oneshot::Sender<Result<Receipt, String>>,
+    },
+    Respond {
+        channel: ResponseChannel<Receipt>,
+        receipt: Receipt,
+    },
+    Status {
+        reply: oneshot::Sender<SwarmStatus>,
+    },
+    /// What the mesh answered about a zone whose first claim a peer
+    /// offered this node (see `SwarmTask::inbound_put`).
+    Verified {
+        source: PeerId,
+        record: kad::Record,
+        answers: Vec<Vec<u8>>,
+    },
     Stop,
 }
+
+/// Zone claims being checked against the mesh at once; more are refused
+/// (the sender's next renewal offers them again).
+const MAX_VERIFYING: usize = 64;
 
 #[derive(Debug)]
 struct SwarmStatus {
@@ -286,9 +342,40 @@ struct SwarmStatus {
 
 /// A resolved home node: its peer id, addresses, and when it was resolved.
 type Route = (PeerId, Vec<Multiaddr>, Instant);
-/// A lookup under way: the values found so far, its statistics, and who
-/// waits for them.
-type PendingGet = (Vec<Vec<u8>>, LookupStats, oneshot::Sender<(Vec<Vec<u8>>, LookupStats)>);
+/// A lookup under way.
+struct PendingGet {
+    key: Vec<u8>,
+    /// The values found so far.
+    values: Vec<Vec<u8>>,
+    stats: LookupStats,
+    enough: Enough,
+    /// Valid records found so far, per node they name.
+    votes: HashMap<String, usize>,
+    reply: oneshot::Sender<(Vec<Vec<u8>>, LookupStats)>,
+}
+
+impl PendingGet {
+    /// Takes one found value; whether the lookup now has enough.
+    fn found(&mut self, value: Vec<u8>) -> bool {
+        let node = match self.enough {
+            Enough::All => None,
+            Enough::FirstValid | Enough::Agree(_) => {
+                validate(&self.key, &value, wall_ms(), None, None).ok().map(|r| r.node().to_owned())
+            }
+        };
+        if self.values.len() < 32 {
+            self.values.push(value);
+        }
+        let Some(node) = node else { return false };
+        let votes = self.votes.entry(node).or_default();
+        *votes += 1;
+        match self.enough {
+            Enough::All => false,
+            Enough::FirstValid => true,
+            Enough::Agree(n) => *votes >= n,
+        }
+    }
+}
 
 #[derive(Default)]
 struct Shared {
@@ -363,6 +450,7 @@ impl Mesh {
             mdns: config.mdns,
             max_connections: config.max_connections,
             request_timeout: config.request_timeout,
+            bootstrap_interval: config.bootstrap_interval,
         };
         let transport = |e: &dyn std::fmt::Display| MeshError::Transport(e.to_string());
         let behaviour = move |key: &identity::Keypair, relay_client| {
@@ -386,14 +474,25 @@ impl Mesh {
             Network::Simulated(netem) => libp2p::SwarmBuilder::with_existing_identity(keypair)
                 .with_tokio()
                 .with_other_transport(|key| {
+                    use libp2p::core::muxing::StreamMuxerBox;
                     use libp2p::Transport as _;
-                    let noise =
-                        noise::Config::new(key).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
-                    Ok(NetemTransport::new(netem.clone())
-                        .upgrade(libp2p::core::upgrade::Version::V1Lazy)
-                        .authenticate(noise)
-                        .multiplex(yamux::Config::default())
-                        .timeout(Duration::from_secs(20)))
+                    let base = NetemTransport::new(netem.clone()).upgrade(libp2p::core::upgrade::Version::V1Lazy);
+                    let transport = if netem.noise() {
+                        let noise = noise::Config::new(key)
+                            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+                        base.authenticate(noise)
+                            .multiplex(yamux::Config::default())
+                            .timeout(Duration::from_secs(20))
+                            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+                            .boxed()
+                    } else {
+                        base.authenticate(libp2p::plaintext::Config::new(key))
+                            .multiplex(yamux::Config::default())
+                            .timeout(Duration::from_secs(20))
+                            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+                            .boxed()
+                    };
+                    Ok(transport)
                 })
                 .map_err(|e| transport(&e))?
                 .with_relay_client(noise::Config::new, yamux::Config::default)
@@ -446,6 +545,7 @@ impl Mesh {
             connections: HashMap::new(),
             relays,
             relay_listeners: HashMap::new(),
+            verifying: BTreeSet::new(),
         };
         tokio::spawn(task.run(cmd_rx));
         let mesh = Mesh { cmd: cmd_tx, peer_id, key: Arc::new(key), config: Arc::new(config), shared };
@@ -498,13 +598,13 @@ impl Mesh {
     }
 
     async fn get(&self, key: Vec<u8>) -> Vec<Vec<u8>> {
-        self.get_with_stats(key).await.0
+        self.get_with_stats(key, Enough::All).await.0
     }
 
-    async fn get_with_stats(&self, key: Vec<u8>) -> (Vec<Vec<u8>>, LookupStats) {
+    async fn get_with_stats(&self, key: Vec<u8>, enough: Enough) -> (Vec<Vec<u8>>, LookupStats) {
         self.shared.lookups.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
-        if self.cmd.send(Cmd::Get { key, reply }).await.is_err() {
+        if self.cmd.send(Cmd::Get { key, enough, reply }).await.is_err() {
             return Default::default();
         }
         let found = rx.await.unwrap_or_default();
@@ -598,7 +698,11 @@ impl Mesh {
 
     async fn publish_all(&self) -> Result<(), String> {
         // First claim wins: if a live claim by another key exists, keep off.
-        let holder = self.resolve_claim_fresh().await;
+        // Once this node holds its zone it keeps renewing it: honest nodes
+        // refuse any later claim, so another claim can only come from a
+        // rogue answering lookups, and must not talk the holder out of it.
+        let held = matches!(*lock(&self.shared.claim), Some(ClaimState::Held));
+        let holder = if held { None } else { self.resolve_claim_fresh().await };
         if let Some(h) = holder.filter(|h| h.claim.node != node_hex(&self.key)) {
             let by = peer_of(&h.claim.node).map(|p| p.to_string()).unwrap_or_default();
             if *lock(&self.shared.claim) != Some(ClaimState::Taken { by: by.clone() }) {
@@ -638,7 +742,10 @@ impl Mesh {
         let key = zone_key(zone);
         let now = wall_ms();
         let mut votes: HashMap<String, (usize, SignedZoneClaim)> = HashMap::new();
-        for value in self.get(key.clone()).await {
+        // Stops once CLAIM_QUORUM holders agree; otherwise the query asks
+        // every one of the closest peers and the majority decides.
+        let (values, _) = self.get_with_stats(key.clone(), Enough::Agree(CLAIM_QUORUM)).await;
+        for value in values {
             match validate(&key, &value, now, None, None) {
                 Ok(MeshRecord::Zone(c)) => {
                     let e = votes.entry(c.claim.node.clone()).or_insert((0, c.clone()));
@@ -700,12 +807,38 @@ impl Mesh {
             return (Ok(hit), None);
         }
         let key = user_key(user);
-        let (claim, (values, stats)) = tokio::join!(self.zone_claim(&user.zone), self.get_with_stats(key.clone()));
+        let (claim, (values, stats)) =
+            tokio::join!(self.zone_claim(&user.zone), self.get_with_stats(key.clone(), Enough::FirstValid));
         let Some(claim) = claim else { return (Err(RouteError::UnknownZone), Some(stats)) };
+        let mut best = self.best_user_record(user, &key, values, &claim);
+        let mut stats = stats;
+        if best.is_none() && stats.early {
+            // The first answer did not hold up against the zone's claim (a
+            // stale or forged record): ask every one of the closest peers.
+            let (values, full) = self.get_with_stats(key.clone(), Enough::All).await;
+            stats = full;
+            best = self.best_user_record(user, &key, values, &claim);
+        }
+        let Some(rec) = best else { return (Err(RouteError::UnknownUser), Some(stats)) };
+        let Some(peer) = peer_of(&rec.record.node) else { return (Err(RouteError::UnknownUser), Some(stats)) };
+        let addrs: Vec<Multiaddr> = rec.record.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        lock(&self.shared.user_cache).insert(user.clone(), (peer, addrs.clone(), Instant::now()));
+        (Ok((peer, addrs)), Some(stats))
+    }
+
+    /// The newest of `values` that is a valid record of `user` under
+    /// `claim`; counts the bad ones.
+    fn best_user_record(
+        &self,
+        user: &Address,
+        key: &[u8],
+        values: Vec<Vec<u8>>,
+        claim: &SignedZoneClaim,
+    ) -> Option<crate::record::SignedUserRecord> {
         let now = wall_ms();
         let mut best: Option<crate::record::SignedUserRecord> = None;
         for value in values {
-            match validate(&key, &value, now, None, Some(&claim)) {
+            match validate(key, &value, now, None, Some(claim)) {
                 Ok(MeshRecord::User(u)) => {
                     if best.as_ref().is_none_or(|b| u.record.seq > b.record.seq) {
                         best = Some(u);
@@ -718,11 +851,7 @@ impl Mesh {
                 }
             }
         }
-        let Some(rec) = best else { return (Err(RouteError::UnknownUser), Some(stats)) };
-        let Some(peer) = peer_of(&rec.record.node) else { return (Err(RouteError::UnknownUser), Some(stats)) };
-        let addrs: Vec<Multiaddr> = rec.record.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-        lock(&self.shared.user_cache).insert(user.clone(), (peer, addrs.clone(), Instant::now()));
-        (Ok((peer, addrs)), Some(stats))
+        best
     }
 
     /// Delivers `msg` to `user`'s home node, resolving it first; returns
@@ -833,6 +962,8 @@ struct SwarmTask {
     /// Relays to listen through, and the listeners open through them.
     relays: HashMap<PeerId, Multiaddr>,
     relay_listeners: HashMap<PeerId, libp2p::core::transport::ListenerId>,
+    /// Zone keys whose offered first claim is being checked.
+    verifying: BTreeSet<Vec<u8>>,
 }
 
 impl SwarmTask {
@@ -852,9 +983,17 @@ impl SwarmTask {
     fn command(&mut self, cmd: Cmd) {
         let b = self.swarm.behaviour_mut();
         match cmd {
-            Cmd::Get { key, reply } => {
+            Cmd::Get { key, enough, reply } => {
                 let id = b.kad.get_record(RecordKey::new(&key));
-                self.gets.insert(id, (Vec::new(), LookupStats::default(), reply));
+                let get = PendingGet {
+                    key,
+                    values: Vec::new(),
+                    stats: LookupStats::default(),
+                    enough,
+                    votes: HashMap::new(),
+                    reply,
+                };
+                self.gets.insert(id, get);
             }
             Cmd::Put { key, value, expires_at_ms, reply } => {
                 let mut record = kad::Record::new(RecordKey::new(&key), value);
@@ -880,6 +1019,7 @@ impl SwarmTask {
                 let _ = b.signal.send_response(channel, receipt);
             }
             Cmd::Stop => {}
+            Cmd::Verified { source, record, answers } => self.verified(source, record, answers),
             Cmd::Status { reply } => {
                 let routing_table = b.kad.kbuckets().map(|k| k.num_entries()).sum();
                 let stored_records = b.kad.store_mut().len();
@@ -918,6 +1058,15 @@ impl SwarmTask {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => debug!(?e, "relay client"),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(error) }))
+                if !matches!(error, ping::Failure::Unsupported) =>
+            {
+                // A peer that stopped answering (crashed, cut off) would
+                // otherwise stay "connected" and stall every query that
+                // picks it until the request times out.
+                debug!(%peer, %error, "ping failed: closing the connection");
+                self.swarm.close_connection(connection);
+            }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
                 let addr = endpoint.get_remote_address();
                 debug!(peer = %peer_id, %addr, "connected");
@@ -971,16 +1120,30 @@ impl SwarmTask {
             }
             kad::Event::OutboundQueryProgressed { id, result, step, stats } => match result {
                 QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(found))) => {
-                    if let Some((values, s, _)) = self.gets.get_mut(&id) {
-                        if values.len() < 32 {
-                            values.push(found.record.value);
-                        }
+                    let mut enough = false;
+                    if let Some(get) = self.gets.get_mut(&id) {
+                        let s = &mut get.stats;
                         if s.requests_to_first.is_none() {
                             s.requests_to_first = Some(stats.num_requests());
                             s.first_ms = Some(stats.duration().map_or(0, |d| d.as_millis() as u64));
                         }
+                        // A zone's holder is what other nodes answer: this
+                        // node's own copy may be the first claim a rogue
+                        // pushed to it when it was new.
+                        let own_copy = found.peer.is_none() && matches!(get.enough, Enough::Agree(_));
+                        if !own_copy {
+                            enough = get.found(found.record.value);
+                        }
                     }
-                    if step.last {
+                    if enough && !step.last {
+                        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                            q.finish();
+                        }
+                        if let Some(get) = self.gets.get_mut(&id) {
+                            get.stats.early = true;
+                        }
+                    }
+                    if enough || step.last {
                         self.finish_get(id, &stats);
                     }
                 }
@@ -997,7 +1160,7 @@ impl SwarmTask {
     }
 
     fn finish_get(&mut self, id: kad::QueryId, stats: &kad::QueryStats) {
-        if let Some((values, mut s, reply)) = self.gets.remove(&id) {
+        if let Some(PendingGet { values, stats: mut s, reply, .. }) = self.gets.remove(&id) {
             s.requests = stats.num_requests();
             s.successes = stats.num_successes();
             s.failures = stats.num_failures();
@@ -1021,6 +1184,7 @@ impl SwarmTask {
             _ => None,
         };
         match validate(&key, &record.value, now, existing.as_ref(), zone_claim.as_ref()) {
+            Ok(MeshRecord::Zone(_)) if existing.is_none() => self.verify_first_claim(source, key, record),
             Ok(rec) => {
                 let mut r = record;
                 r.expires = Some(expiry_instant(rec.expires_at_ms()));
@@ -1032,6 +1196,67 @@ impl SwarmTask {
                 warn!(peer = %source, key = %String::from_utf8_lossy(&key), error = %e, "refused a record");
                 self.shared.rejections.count(&e);
             }
+        }
+    }
+
+    /// A claim for a zone this node has no record of: a new node would
+    /// otherwise take whichever claim reached it first, and a rogue that
+    /// is quick can be first. Ask the mesh before storing it.
+    fn verify_first_claim(&mut self, source: PeerId, key: Vec<u8>, record: kad::Record) {
+        if self.verifying.len() >= MAX_VERIFYING || !self.verifying.insert(key.clone()) {
+            debug!(peer = %source, "a zone claim is already being checked; dropped this offer");
+            return;
+        }
+        let id = self.swarm.behaviour_mut().kad.get_record(RecordKey::new(&key));
+        let (reply, rx) = oneshot::channel();
+        let get = PendingGet {
+            key,
+            values: Vec::new(),
+            stats: LookupStats::default(),
+            enough: Enough::Agree(CLAIM_QUORUM),
+            votes: HashMap::new(),
+            reply,
+        };
+        self.gets.insert(id, get);
+        let cmd = self.cmd_tx.clone();
+        tokio::spawn(async move {
+            let answers = rx.await.map(|(values, _)| values).unwrap_or_default();
+            let _ = cmd.send(Cmd::Verified { source, record, answers }).await;
+        });
+    }
+
+    /// Stores an offered first claim unless the mesh names another holder
+    /// at least as often as the offered one.
+    fn verified(&mut self, source: PeerId, record: kad::Record, answers: Vec<Vec<u8>>) {
+        let key = record.key.to_vec();
+        self.verifying.remove(&key);
+        let now = wall_ms();
+        let mut votes: HashMap<String, usize> = HashMap::new();
+        for a in &answers {
+            if let Ok(r) = validate(&key, a, now, None, None) {
+                *votes.entry(r.node().to_owned()).or_default() += 1;
+            }
+        }
+        let Ok(offered) = validate(&key, &record.value, now, None, None) else { return };
+        let mine = votes.get(offered.node()).copied().unwrap_or(0);
+        let other = votes.iter().filter(|(n, _)| *n != offered.node()).map(|(_, v)| *v).max().unwrap_or(0);
+        if other > 0 && other >= mine {
+            warn!(peer = %source, key = %String::from_utf8_lossy(&key), "refused a record: the mesh names another holder");
+            self.shared.rejections.count(&RecordError::ZoneTaken);
+            return;
+        }
+        // Judged again against what arrived meanwhile.
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let existing = store.mesh_record(&key);
+        match validate(&key, &record.value, now, existing.as_ref(), None) {
+            Ok(rec) => {
+                let mut r = record;
+                r.expires = Some(expiry_instant(rec.expires_at_ms()));
+                if let Err(e) = store.put(r) {
+                    warn!(error = %e, "storing a record failed");
+                }
+            }
+            Err(e) => self.shared.rejections.count(&e),
         }
     }
 

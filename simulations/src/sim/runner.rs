@@ -141,6 +141,7 @@ impl Sim {
         c.retries = s.mesh.retries;
         c.max_connections = s.mesh.max_connections;
         c.idle_timeout = secs(s.mesh.idle_timeout_s);
+        c.bootstrap_interval = secs(s.mesh.bootstrap_interval_s);
         c.network = Network::Simulated(self.netem.clone());
         self.netem.revive(n.port);
         self.netem.set_nat(n.port, n.nat);
@@ -272,6 +273,7 @@ pub async fn run(plan: Plan, opts: &RunOptions) -> anyhow::Result<Measured> {
             unreachable_dial: Duration::from_millis(s.link.unreachable_dial_ms),
             min_rto: Duration::from_millis(s.link.min_rto_ms),
             seed: s.seed,
+            noise: s.link.noise,
         },
     );
     let db = sled::Config::new()

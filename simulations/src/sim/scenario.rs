@@ -106,6 +106,10 @@ pub struct Link {
     pub unreachable_dial_ms: u64,
     /// The smallest retransmission timeout.
     pub min_rto_ms: u64,
+    /// Secure the emulated connections with noise as real ones are
+    /// (default: no, keys are exchanged in the clear; see
+    /// `dht::netem::NetemConfig::noise`).
+    pub noise: bool,
 }
 
 /// The mesh settings each simulated node runs with.
@@ -129,6 +133,8 @@ pub struct MeshParams {
     pub max_connections: u32,
     /// Seconds a connection no protocol uses stays open (the node: 120).
     pub idle_timeout_s: f64,
+    /// Seconds between Kademlia's routing-table refreshes (the node: 300).
+    pub bootstrap_interval_s: f64,
 }
 
 /// Nodes leaving and joining during the workload.
@@ -206,7 +212,7 @@ impl Default for Scenario {
 
 impl Default for Link {
     fn default() -> Self {
-        Self { loss: 0.0, bandwidth_kbit: 0, unreachable_dial_ms: 3000, min_rto_ms: 200 }
+        Self { loss: 0.0, bandwidth_kbit: 0, unreachable_dial_ms: 3000, min_rto_ms: 200, noise: false }
     }
 }
 
@@ -221,6 +227,7 @@ impl Default for MeshParams {
             retries: 2,
             max_connections: 256,
             idle_timeout_s: 120.0,
+            bootstrap_interval_s: 300.0,
         }
     }
 }
