@@ -293,37 +293,11 @@ pub struct MeshStatus {
 
 #[derive(Debug)]
 enum Cmd {
-    Get {
-        key: Vec<u8>,
-        enough: Enough,
-        reply: oneshot::Sender<(Vec<Vec<u8>>, LookupStats)>,
-    },
-    Put {
-        key: Vec<u8>,
-        value: Vec<u8>,
-        expires_at_ms: u64,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    Send {
-        peer: PeerId,
-        addrs: Vec<Multiaddr>,
-        msg: NodeToNode,
-        reply: oneshot::Sender<Result<Receipt, String>>,
-    },
-    Respond {
-        channel: ResponseChannel<Receipt>,
-        receipt: Receipt,
-    },
-    Status {
-        reply: oneshot::Sender<SwarmStatus>,
-    },
-    /// What the mesh answered about a zone whose first claim a peer
-    /// offered this node (see `SwarmTask::inbound_put`).
-    Verified {
-        source: PeerId,
-        record: kad::Record,
-        answers: Vec<Vec<u8>>,
-    },
+    Get { key: Vec<u8>, enough: Enough, reply: oneshot::Sender<(Vec<Vec<u8>>, LookupStats)> },
+    Put { key: Vec<u8>, value: Vec<u8>, expires_at_ms: u64, reply: oneshot::Sender<Result<(), String>> },
+    Send { peer: PeerId, addrs: Vec<Multiaddr>, msg: NodeToNode, reply: oneshot::Sender<Result<Receipt, String>> },
+    Respond { channel: ResponseChannel<Receipt>, receipt: Receipt },
+    Status { reply: oneshot::Sender<SwarmStatus> },
     Stop,
 }
 
@@ -351,7 +325,16 @@ struct PendingGet {
     enough: Enough,
     /// Valid records found so far, per node they name.
     votes: HashMap<String, usize>,
-    reply: oneshot::Sender<(Vec<Vec<u8>>, LookupStats)>,
+    done: GetDone,
+}
+
+/// What happens when a lookup ends.
+enum GetDone {
+    /// Its values and statistics go to whoever asked.
+    Reply(oneshot::Sender<(Vec<Vec<u8>>, LookupStats)>),
+    /// It checked a zone's first claim a peer offered (see
+    /// `SwarmTask::verify_first_claim`).
+    VerifyClaim { source: PeerId, record: Box<kad::Record> },
 }
 
 impl PendingGet {
@@ -991,7 +974,7 @@ impl SwarmTask {
                     stats: LookupStats::default(),
                     enough,
                     votes: HashMap::new(),
-                    reply,
+                    done: GetDone::Reply(reply),
                 };
                 self.gets.insert(id, get);
             }
@@ -1019,7 +1002,6 @@ impl SwarmTask {
                 let _ = b.signal.send_response(channel, receipt);
             }
             Cmd::Stop => {}
-            Cmd::Verified { source, record, answers } => self.verified(source, record, answers),
             Cmd::Status { reply } => {
                 let routing_table = b.kad.kbuckets().map(|k| k.num_entries()).sum();
                 let stored_records = b.kad.store_mut().len();
@@ -1160,13 +1142,17 @@ impl SwarmTask {
     }
 
     fn finish_get(&mut self, id: kad::QueryId, stats: &kad::QueryStats) {
-        if let Some(PendingGet { values, stats: mut s, reply, .. }) = self.gets.remove(&id) {
-            s.requests = stats.num_requests();
-            s.successes = stats.num_successes();
-            s.failures = stats.num_failures();
-            s.total_ms = stats.duration().map_or(0, |d| d.as_millis() as u64);
-            s.records = values.len() as u32;
-            let _ = reply.send((values, s));
+        let Some(PendingGet { values, stats: mut s, votes, done, .. }) = self.gets.remove(&id) else { return };
+        match done {
+            GetDone::Reply(reply) => {
+                s.requests = stats.num_requests();
+                s.successes = stats.num_successes();
+                s.failures = stats.num_failures();
+                s.total_ms = stats.duration().map_or(0, |d| d.as_millis() as u64);
+                s.records = values.len() as u32;
+                let _ = reply.send((values, s));
+            }
+            GetDone::VerifyClaim { source, record } => self.verified(source, *record, &votes),
         }
     }
 
@@ -1185,13 +1171,7 @@ impl SwarmTask {
         };
         match validate(&key, &record.value, now, existing.as_ref(), zone_claim.as_ref()) {
             Ok(MeshRecord::Zone(_)) if existing.is_none() => self.verify_first_claim(source, key, record),
-            Ok(rec) => {
-                let mut r = record;
-                r.expires = Some(expiry_instant(rec.expires_at_ms()));
-                if let Err(e) = store.put(r) {
-                    warn!(error = %e, "storing a record failed");
-                }
-            }
+            Ok(rec) => self.store(record, &rec),
             Err(e) => {
                 warn!(peer = %source, key = %String::from_utf8_lossy(&key), error = %e, "refused a record");
                 self.shared.rejections.count(&e);
@@ -1208,35 +1188,24 @@ impl SwarmTask {
             return;
         }
         let id = self.swarm.behaviour_mut().kad.get_record(RecordKey::new(&key));
-        let (reply, rx) = oneshot::channel();
         let get = PendingGet {
             key,
             values: Vec::new(),
             stats: LookupStats::default(),
             enough: Enough::Agree(CLAIM_QUORUM),
             votes: HashMap::new(),
-            reply,
+            done: GetDone::VerifyClaim { source, record: Box::new(record) },
         };
         self.gets.insert(id, get);
-        let cmd = self.cmd_tx.clone();
-        tokio::spawn(async move {
-            let answers = rx.await.map(|(values, _)| values).unwrap_or_default();
-            let _ = cmd.send(Cmd::Verified { source, record, answers }).await;
-        });
     }
 
-    /// Stores an offered first claim unless the mesh names another holder
-    /// at least as often as the offered one.
-    fn verified(&mut self, source: PeerId, record: kad::Record, answers: Vec<Vec<u8>>) {
+    /// Stores an offered first claim unless the mesh named another holder
+    /// (`votes`: valid claims other nodes returned, per holder) at least as
+    /// often as the offered one.
+    fn verified(&mut self, source: PeerId, record: kad::Record, votes: &HashMap<String, usize>) {
         let key = record.key.to_vec();
         self.verifying.remove(&key);
         let now = wall_ms();
-        let mut votes: HashMap<String, usize> = HashMap::new();
-        for a in &answers {
-            if let Ok(r) = validate(&key, a, now, None, None) {
-                *votes.entry(r.node().to_owned()).or_default() += 1;
-            }
-        }
         let Ok(offered) = validate(&key, &record.value, now, None, None) else { return };
         let mine = votes.get(offered.node()).copied().unwrap_or(0);
         let other = votes.iter().filter(|(n, _)| *n != offered.node()).map(|(_, v)| *v).max().unwrap_or(0);
@@ -1246,17 +1215,19 @@ impl SwarmTask {
             return;
         }
         // Judged again against what arrived meanwhile.
-        let store = self.swarm.behaviour_mut().kad.store_mut();
-        let existing = store.mesh_record(&key);
+        let existing = self.swarm.behaviour_mut().kad.store_mut().mesh_record(&key);
         match validate(&key, &record.value, now, existing.as_ref(), None) {
-            Ok(rec) => {
-                let mut r = record;
-                r.expires = Some(expiry_instant(rec.expires_at_ms()));
-                if let Err(e) = store.put(r) {
-                    warn!(error = %e, "storing a record failed");
-                }
-            }
+            Ok(rec) => self.store(record, &rec),
             Err(e) => self.shared.rejections.count(&e),
+        }
+    }
+
+    /// Puts a record that passed [`validate`] (`rec`, decoded) in the
+    /// store, expiring when it does.
+    fn store(&mut self, mut record: kad::Record, rec: &MeshRecord) {
+        record.expires = Some(expiry_instant(rec.expires_at_ms()));
+        if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
+            warn!(error = %e, "storing a record failed");
         }
     }
 

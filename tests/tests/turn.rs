@@ -303,6 +303,25 @@ async fn expect_datagram(sock: &UdpSocket, what: &str) -> Result<(Vec<u8>, Socke
     Ok((buf[..n].to_vec(), from))
 }
 
+/// webrtc-rs's TURN client on its own loopback socket, listening.
+async fn webrtc_client(turn: SocketAddr, username: String, password: String) -> Result<turn::client::Client> {
+    let conn = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+    let c = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: turn.to_string(),
+        turn_serv_addr: turn.to_string(),
+        username,
+        password,
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn,
+        vnet: None,
+    })
+    .await?;
+    c.listen().await?;
+    Ok(c)
+}
+
 #[tokio::test]
 async fn logged_in_users_get_working_time_limited_credentials() -> Result<()> {
     let n = strict();
@@ -369,20 +388,7 @@ async fn expired_credentials_are_refused() -> Result<()> {
     let mut client = Raw::new(turn, &fresh, &rest_password(SECRET, &fresh)).await?;
     client.relay().await?;
     // webrtc-rs's client gives up too.
-    let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-    let c = turn::client::Client::new(turn::client::ClientConfig {
-        stun_serv_addr: turn.to_string(),
-        turn_serv_addr: turn.to_string(),
-        username: expired.clone(),
-        password: rest_password(SECRET, &expired),
-        realm: String::new(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: sock,
-        vnet: None,
-    })
-    .await?;
-    c.listen().await?;
+    let c = webrtc_client(turn, expired.clone(), rest_password(SECRET, &expired)).await?;
     assert!(c.allocate().await.is_err(), "webrtc-rs allocated with an expired credential");
     c.close().await?;
     Ok(())
@@ -413,21 +419,8 @@ async fn relay_to_loopback_and_other_forbidden_peers_is_refused() -> Result<()> 
     expect_nothing(&peer, "the loopback peer of a raw client").await?;
 
     // An application using webrtc-rs's TURN client cannot reach 127.0.0.1 either.
-    let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
     let (username, password) = creds(n, "lo-webrtc").await?;
-    let c = turn::client::Client::new(turn::client::ClientConfig {
-        stun_serv_addr: turn.to_string(),
-        turn_serv_addr: turn.to_string(),
-        username,
-        password,
-        realm: String::new(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: sock,
-        vnet: None,
-    })
-    .await?;
-    c.listen().await?;
+    let c = webrtc_client(turn, username, password).await?;
     let relay = c.allocate().await?;
     assert!(relay.send_to(b"hello loopback", peer_addr).await.is_err(), "webrtc-rs sent to 127.0.0.1");
     expect_nothing(&peer, "the loopback peer of webrtc-rs").await?;
@@ -446,20 +439,7 @@ async fn relays_where_allowed_but_never_to_the_nodes_own_ports() -> Result<()> {
 
     // webrtc-rs client ↔ peer, both ways.
     let (username, password) = creds(n, "relay").await?;
-    let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-    let c = turn::client::Client::new(turn::client::ClientConfig {
-        stun_serv_addr: turn.to_string(),
-        turn_serv_addr: turn.to_string(),
-        username,
-        password,
-        realm: String::new(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: sock,
-        vnet: None,
-    })
-    .await?;
-    c.listen().await?;
+    let c = webrtc_client(turn, username, password).await?;
     let relay = c.allocate().await?;
     let relayed = relay.local_addr()?;
     relay.send_to(b"ping through the relay", peer_addr).await?;
