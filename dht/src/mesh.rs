@@ -1040,13 +1040,17 @@ impl SwarmTask {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => debug!(?e, "relay client"),
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(error) }))
-                if !matches!(error, ping::Failure::Unsupported) =>
-            {
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(ping::Failure::Timeout),
+            })) => {
                 // A peer that stopped answering (crashed, cut off) would
                 // otherwise stay "connected" and stall every query that
-                // picks it until the request times out.
-                debug!(%peer, %error, "ping failed: closing the connection");
+                // picks it until the request times out. Other ping errors
+                // (a stream refused on a busy relay circuit) say nothing
+                // about the peer being gone.
+                debug!(%peer, "ping timed out: closing the connection");
                 self.swarm.close_connection(connection);
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
