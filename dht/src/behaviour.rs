@@ -80,6 +80,9 @@ pub struct BehaviourConfig {
     pub request_timeout: Duration,
     /// How often Kademlia refreshes its routing table.
     pub bootstrap_interval: Duration,
+    /// Wall-clock time per unit of protocol time (see
+    /// `MeshConfig::time_scale`): stretches the behaviours' own timers.
+    pub time_scale: f64,
 }
 
 impl Behaviour {
@@ -91,12 +94,13 @@ impl Behaviour {
         config: &BehaviourConfig,
     ) -> std::io::Result<Self> {
         let peer = PeerId::from(key.public());
+        let stretch = |d: Duration| if config.time_scale == 1.0 { d } else { d.mul_f64(config.time_scale) };
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config
             .set_record_filtering(kad::StoreInserts::FilterBoth)
             .set_publication_interval(None)
             .set_record_ttl(None)
-            .set_query_timeout(Duration::from_secs(10))
+            .set_query_timeout(stretch(Duration::from_secs(10)))
             .set_substreams_timeout(config.request_timeout)
             .set_periodic_bootstrap_interval(Some(config.bootstrap_interval));
         let mut kad = kad::Behaviour::with_config(peer, store, kad_config);
@@ -127,15 +131,34 @@ impl Behaviour {
             limits: connection_limits::Behaviour::new(limits),
             kad,
             identify: identify::Behaviour::new(
-                identify::Config::new(IDENTIFY_VERSION.into(), key.public()).with_interval(Duration::from_secs(300)),
+                identify::Config::new(IDENTIFY_VERSION.into(), key.public())
+                    .with_interval(stretch(Duration::from_secs(300))),
             ),
-            ping: ping::Behaviour::new(ping::Config::new()),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(stretch(Duration::from_secs(15)))
+                    .with_timeout(stretch(Duration::from_secs(20))),
+            ),
             signal,
             relay_client,
             relay: Toggle::from(relay),
             dcutr: dcutr::Behaviour::new(peer),
-            autonat: autonat::Behaviour::new(peer, autonat::Config::default()),
+            autonat: autonat::Behaviour::new(peer, autonat_config(stretch)),
             mdns: Toggle::from(mdns),
         })
+    }
+}
+
+/// AutoNAT's defaults with every timer passed through `stretch`.
+fn autonat_config(stretch: impl Fn(Duration) -> Duration) -> autonat::Config {
+    let d = autonat::Config::default();
+    autonat::Config {
+        timeout: stretch(d.timeout),
+        boot_delay: stretch(d.boot_delay),
+        refresh_interval: stretch(d.refresh_interval),
+        retry_interval: stretch(d.retry_interval),
+        throttle_server_period: stretch(d.throttle_server_period),
+        throttle_clients_period: stretch(d.throttle_clients_period),
+        ..d
     }
 }

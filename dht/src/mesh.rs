@@ -79,9 +79,23 @@ pub struct MeshConfig {
     /// How often Kademlia refreshes its routing table (libp2p's default:
     /// 5 minutes); it also refreshes whenever the table is nearly empty.
     pub bootstrap_interval: Duration,
+    /// Wall-clock time per unit of protocol time: 1 on a real node. Every
+    /// timer of the mesh is stretched by this factor: the durations above,
+    /// Kademlia's query timeout, ping, identify and AutoNAT intervals, the
+    /// handshake timeout and the retry back-offs. A simulator running many
+    /// nodes on few cores slows the protocol, its links and its workload
+    /// down by the same factor, so that every node gets the CPU time per
+    /// protocol second it would have on a machine of its own. Between
+    /// [`MIN_TIME_SCALE`] and [`MAX_TIME_SCALE`].
+    pub time_scale: f64,
     /// The network under the swarm: real sockets, or a simulator's.
     pub network: Network,
 }
+
+/// The smallest [`MeshConfig::time_scale`] accepted.
+pub const MIN_TIME_SCALE: f64 = 0.01;
+/// The largest [`MeshConfig::time_scale`] accepted.
+pub const MAX_TIME_SCALE: f64 = 100.0;
 
 /// The network a mesh runs on.
 #[derive(Debug, Clone, Default)]
@@ -161,8 +175,37 @@ impl MeshConfig {
             max_connections: 256,
             idle_timeout: Duration::from_secs(120),
             bootstrap_interval: Duration::from_secs(300),
+            time_scale: 1.0,
             network: Network::Native,
         }
+    }
+
+    /// `d` of protocol time in wall-clock time (stretched by
+    /// [`MeshConfig::time_scale`]).
+    pub fn stretch(&self, d: Duration) -> Duration {
+        if self.time_scale == 1.0 {
+            return d;
+        }
+        d.mul_f64(self.time_scale.clamp(MIN_TIME_SCALE, MAX_TIME_SCALE))
+    }
+
+    /// This configuration with every duration in wall-clock time.
+    fn stretched(mut self) -> Self {
+        if self.time_scale == 1.0 {
+            return self;
+        }
+        for d in [
+            &mut self.claim_ttl,
+            &mut self.user_ttl,
+            &mut self.republish,
+            &mut self.cache_ttl,
+            &mut self.request_timeout,
+            &mut self.idle_timeout,
+            &mut self.bootstrap_interval,
+        ] {
+            *d = d.mul_f64(self.time_scale);
+        }
+        self
     }
 }
 
@@ -176,6 +219,9 @@ pub enum MeshError {
     /// A transport could not be set up.
     #[error("transport: {0}")]
     Transport(String),
+    /// A setting is out of range.
+    #[error("configuration: {0}")]
+    Config(String),
     /// A listen address was refused.
     #[error("listen on {addr}: {why}")]
     Listen {
@@ -425,15 +471,24 @@ impl Mesh {
         tree: sled::Tree,
         config: MeshConfig,
     ) -> Result<(Mesh, mpsc::Receiver<Inbound>), MeshError> {
+        if !(MIN_TIME_SCALE..=MAX_TIME_SCALE).contains(&config.time_scale) {
+            return Err(MeshError::Config(format!(
+                "time_scale {} is not between {MIN_TIME_SCALE} and {MAX_TIME_SCALE}",
+                config.time_scale
+            )));
+        }
+        let config = config.stretched();
         let keypair = keypair_of(&key)?;
         let peer_id = PeerId::from(keypair.public());
         let store = PersistentStore::open(peer_id, tree);
+        let handshake_timeout = config.stretch(Duration::from_secs(20));
         let bconfig = BehaviourConfig {
             relay_server: config.relay_server,
             mdns: config.mdns,
             max_connections: config.max_connections,
             request_timeout: config.request_timeout,
             bootstrap_interval: config.bootstrap_interval,
+            time_scale: config.time_scale,
         };
         let transport = |e: &dyn std::fmt::Display| MeshError::Transport(e.to_string());
         let behaviour = move |key: &identity::Keypair, relay_client| {
@@ -465,13 +520,13 @@ impl Mesh {
                             .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
                         base.authenticate(noise)
                             .multiplex(yamux::Config::default())
-                            .timeout(Duration::from_secs(20))
+                            .timeout(handshake_timeout)
                             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
                             .boxed()
                     } else {
                         base.authenticate(libp2p::plaintext::Config::new(key))
                             .multiplex(yamux::Config::default())
-                            .timeout(Duration::from_secs(20))
+                            .timeout(handshake_timeout)
                             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
                             .boxed()
                     };
@@ -659,16 +714,18 @@ impl Mesh {
 
     /// Claims the zone and publishes every user; renews before expiry.
     async fn publisher(self) {
-        let mut backoff = Duration::from_millis(500);
+        let first = self.config.stretch(Duration::from_millis(500));
+        let most = self.config.stretch(Duration::from_secs(30));
+        let mut backoff = first;
         loop {
             let wait = match self.publish_all().await {
                 Ok(()) => {
-                    backoff = Duration::from_millis(500);
+                    backoff = first;
                     self.config.republish
                 }
                 Err(why) => {
                     debug!(%why, "publishing records failed; retrying");
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff = (backoff * 2).min(most);
                     backoff
                 }
             };
@@ -870,7 +927,7 @@ impl Mesh {
         let mut last = String::new();
         for attempt in 0..=self.config.retries {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                tokio::time::sleep(self.config.stretch(Duration::from_millis(100 << attempt))).await;
             }
             let (reply, rx) = oneshot::channel();
             let cmd = Cmd::Send { peer, addrs: addrs.clone(), msg: msg.clone(), reply };

@@ -127,3 +127,30 @@ async fn publish_resolve_deliver_and_refuse_forgeries() {
     until("d resolves bob", || async { fresh.mesh.resolve(&bob).await.is_ok() }).await;
     assert_eq!(fresh.mesh.resolve(&bob).await.unwrap().0, b.mesh.peer_id());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_scale_stretches_record_lifetimes_and_bad_scales_are_refused() {
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1000.0] {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = sled::open(dir.path()).unwrap().open_tree("mesh").unwrap();
+        let mut c = config("s", vec![]);
+        c.time_scale = bad;
+        let err = Mesh::start(SigningKey::from_bytes(&[9; 32]), tree, c).await.err();
+        assert!(matches!(err, Some(dht::MeshError::Config(_))), "time_scale {bad}: {err:?}");
+    }
+    // A node on a clock stretched 3 times signs its claim for 3 times the
+    // configured lifetime (in wall-clock time); another node finds it.
+    let a = start("a", 1, vec![]).await;
+    let boot = addr_of(&a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tree = sled::open(dir.path()).unwrap().open_tree("mesh").unwrap();
+    let mut c = config("s", vec![boot]);
+    c.claim_ttl = Duration::from_secs(100);
+    c.time_scale = 3.0;
+    assert_eq!(c.stretch(Duration::from_secs(2)), Duration::from_secs(6));
+    let (_mesh, _inbound) = Mesh::start(SigningKey::from_bytes(&[9; 32]), tree, c).await.unwrap();
+    let zone = ZoneName::parse("s").unwrap();
+    until("the zone is claimed", || async { a.mesh.zone_claim(&zone).await.is_some() }).await;
+    let claim = a.mesh.zone_claim(&zone).await.unwrap().claim;
+    assert_eq!(claim.expires_at_ms - claim.issued_at_ms, 300_000);
+}

@@ -6,7 +6,17 @@
 
 use std::time::Duration;
 
-use xarxa_simulations::sim::{self, RunOptions, Scenario};
+use xarxa_simulations::sim::{self, RunOptions, Scenario, Summary};
+
+/// Runs `s` with its output in a temporary directory (returned, so the
+/// files can be read), for at most `max_wall_s` seconds.
+async fn simulate(s: &Scenario, max_wall_s: u64) -> (Summary, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let opts =
+        RunOptions { progress: false, max_wall: Duration::from_secs(max_wall_s), data_dir: data.path().join("db") };
+    (sim::simulate(s, out.path(), &opts).await.unwrap(), out)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_mesh_resolves_and_routes_calls() {
@@ -34,10 +44,7 @@ async fn a_small_mesh_resolves_and_routes_calls() {
         "#,
     )
     .unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let opts = RunOptions { progress: false, max_wall: Duration::from_secs(50), data_dir: data.path().join("db") };
-    let summary = sim::simulate(&s, out.path(), &opts).await.unwrap();
+    let (summary, out) = simulate(&s, 50).await;
     assert!(!summary.cut_short);
     assert!(summary.lookups.success.total >= 10, "{}", summary.table());
     assert!(summary.lookups.success.rate >= 0.9, "{}", summary.table());
@@ -56,4 +63,53 @@ async fn a_small_mesh_resolves_and_routes_calls() {
         let len = std::fs::metadata(out.path().join(f)).unwrap().len();
         assert!(len > 100, "{f} is {len} bytes");
     }
+}
+
+/// On a clock stretched twice, the plan runs twice as long in wall-clock
+/// time while everything reported stays in simulated time: link delays
+/// are stretched as well, so no call is set up faster than one simulated
+/// round trip, and the resource samples end at the simulated length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stretched_clock_reports_simulated_time() {
+    let s = Scenario::parse(
+        r#"
+        name = "scaled"
+        seed = 6
+        time_scale = 2.0
+        nodes = 6
+        users_per_node = 1
+        join_rate = 6.0
+        settle_s = 3.0
+        duration_s = 6.0
+        lookup_rate = 2.0
+        call_rate = 1.0
+        min_record_age_s = 2.0
+        bucket_s = 2.0
+        [latency]
+        kind = "constant"
+        ms = 40.0
+        "#,
+    )
+    .unwrap();
+    let (summary, out) = simulate(&s, 80).await;
+    assert!(!summary.cut_short, "{}", summary.table());
+    assert_eq!(summary.time_scale, 2.0);
+    let simulated = s.workload_start_s() + s.duration_s;
+    assert!(summary.wall_s >= 2.0 * simulated, "wall {} s for {simulated} simulated s", summary.wall_s);
+    assert!(summary.calls.ok >= 1, "{}", summary.table());
+    let fastest = std::fs::read_to_string(out.path().join("calls.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').nth(2) == Some("true"))
+        .filter_map(|l| l.split(',').nth(4).and_then(|v| v.parse::<f64>().ok()))
+        .fold(f64::INFINITY, f64::min);
+    assert!(fastest >= 80.0, "a call was set up in {fastest} simulated ms, under one 80 ms round trip");
+    let last_sample = std::fs::read_to_string(out.path().join("resources.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next().and_then(|v| v.parse::<f64>().ok()))
+        .fold(0.0, f64::max);
+    assert!(last_sample > 0.0 && last_sample <= summary.wall_s / 2.0 + 0.5, "last sample at {last_sample} s");
 }

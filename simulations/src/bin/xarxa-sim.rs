@@ -39,6 +39,10 @@ struct Overrides {
     /// Seconds of workload (overrides the scenario).
     #[arg(long)]
     duration: Option<f64>,
+    /// Wall-clock seconds per simulated second (overrides the scenario's
+    /// `time_scale`).
+    #[arg(long)]
+    time_scale: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -130,6 +134,9 @@ fn load(path: &Path, over: &Overrides) -> anyhow::Result<Scenario> {
     }
     if let Some(d) = over.duration {
         s.duration_s = d;
+    }
+    if let Some(k) = over.time_scale {
+        s.time_scale = k;
     }
     s.validate()?;
     Ok(s)

@@ -64,6 +64,9 @@ pub struct Summary {
     pub nodes_at_workload: usize,
     /// Wall-clock seconds of the run.
     pub wall_s: f64,
+    /// Wall-clock seconds per simulated second (the scaled clock); every
+    /// other time in this summary is simulated time.
+    pub time_scale: f64,
     /// Seconds of workload.
     pub workload_s: f64,
     /// The run hit its time limit.
@@ -100,10 +103,13 @@ pub struct Summary {
     pub connections_per_node: f64,
     /// CPU cores the process used on average during the workload.
     pub cpu_cores: f64,
-    /// CPU milliseconds per node per second during the workload.
+    /// CPU milliseconds per node per simulated second during the workload.
     pub cpu_ms_per_node_s: f64,
-    /// Lookups completed per second of workload (all purposes).
+    /// Lookups completed per simulated second of workload (all purposes).
     pub lookups_per_s: f64,
+    /// Lookups completed per wall-clock second of workload: what this
+    /// machine simulates.
+    pub lookups_per_wall_s: f64,
     /// Kademlia requests per second of workload, by the lookups measured.
     pub kad_requests_per_s: f64,
     /// How late operations started against the plan, ms.
@@ -197,6 +203,7 @@ impl Summary {
             nodes_ever: plan.nodes.len(),
             nodes_at_workload: m.nodes_at_workload,
             wall_s: m.wall_s,
+            time_scale: m.time_scale.max(1.0),
             workload_s,
             cut_short: m.cut_short,
             lookups,
@@ -220,11 +227,12 @@ impl Summary {
             },
             cpu_cores: cpu_cores(m),
             cpu_ms_per_node_s: if m.nodes_at_workload > 0 {
-                cpu_cores(m) * 1000.0 / m.nodes_at_workload as f64
+                cpu_cores(m) * m.time_scale.max(1.0) * 1000.0 / m.nodes_at_workload as f64
             } else {
                 0.0
             },
             lookups_per_s: m.lookups.len() as f64 / workload_s,
+            lookups_per_wall_s: m.lookups.len() as f64 / (workload_s * m.time_scale.max(1.0)),
             kad_requests_per_s: requests / workload_s,
             lateness_ms: Dist::of(work.iter().map(|l| l.late_ms).chain(m.calls.iter().map(|c| c.late_ms))),
             dropped: m.dropped,
@@ -281,12 +289,16 @@ impl Summary {
             ("connections per node".into(), format!("{:.1}", self.connections_per_node)),
             (
                 "CPU during workload".into(),
-                format!("{:.2} cores ({:.2} ms per node per s)", self.cpu_cores, self.cpu_ms_per_node_s),
+                format!("{:.2} cores ({:.2} ms per node per simulated s)", self.cpu_cores, self.cpu_ms_per_node_s),
             ),
             (
                 "lookups/s simulated".into(),
-                format!("{:.1} ({:.0} kad requests/s)", self.lookups_per_s, self.kad_requests_per_s),
+                format!(
+                    "{:.1} per simulated s, {:.1} per wall s ({:.0} kad requests per simulated s)",
+                    self.lookups_per_s, self.lookups_per_wall_s, self.kad_requests_per_s
+                ),
             ),
+            ("clock".into(), format!("x{} (wall s per simulated s)", self.time_scale)),
             ("lateness p50/p99 ms".into(), format!("{:.0} / {:.0}", self.lateness_ms.p50, self.lateness_ms.p99)),
             ("dropped / skipped".into(), format!("{} / {}", self.dropped, self.skipped)),
             ("wall time".into(), format!("{:.0} s{}", self.wall_s, if self.cut_short { " (cut short)" } else { "" })),

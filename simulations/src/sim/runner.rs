@@ -1,7 +1,8 @@
 //! Runs a [`Plan`] in this process: one real `dht::Mesh` per zone node
 //! (libp2p swarm with Kademlia, identify, ping, relay, signalling), all on
 //! one [`Netem`], with the plan's actions executed at their planned times
-//! (wall clock).
+//! (wall clock, stretched by the scenario's `time_scale`: every time this
+//! module measures is divided by it again, so results are in simulated time).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,6 +71,8 @@ pub struct Measured {
     pub net: dht::netem::NetemStats,
     /// Nodes that failed to start.
     pub start_failures: usize,
+    /// Wall-clock seconds per simulated second the run used.
+    pub time_scale: f64,
 }
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
@@ -93,6 +96,8 @@ struct Sim {
     t0: Instant,
     call_seq: AtomicUsize,
     probes: Mutex<Vec<Option<f64>>>,
+    /// Wall-clock seconds per simulated second.
+    scale: f64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -104,6 +109,15 @@ fn secs(d: f64) -> Duration {
 }
 
 impl Sim {
+    /// `sim_s` simulated seconds in wall-clock time.
+    fn wall(&self, sim_s: f64) -> Duration {
+        secs(sim_s * self.scale)
+    }
+
+    /// A wall-clock span in simulated milliseconds.
+    fn sim_ms(&self, wall: Duration) -> f64 {
+        wall.as_secs_f64() * 1e3 / self.scale
+    }
     /// `/memory/<port>/p2p/<peer id>` of node `i`.
     fn addr_of(&self, i: usize) -> Multiaddr {
         let port = self.plan.nodes[i].port;
@@ -142,6 +156,7 @@ impl Sim {
         c.max_connections = s.mesh.max_connections;
         c.idle_timeout = secs(s.mesh.idle_timeout_s);
         c.bootstrap_interval = secs(s.mesh.bootstrap_interval_s);
+        c.time_scale = self.scale;
         c.network = Network::Simulated(self.netem.clone());
         self.netem.revive(n.port);
         self.netem.set_nat(n.port, n.nat);
@@ -172,14 +187,14 @@ impl Sim {
         let Some(mesh) = self.mesh(from) else { return (false, Some("asker down".into()), 0.0, None) };
         let Ok(addr) = self.user(target) else { return (false, Some("bad user".into()), 0.0, None) };
         let t = Instant::now();
-        let timeout = secs(self.plan.scenario.lookup_timeout_s);
+        let timeout = self.wall(self.plan.scenario.lookup_timeout_s);
         match tokio::time::timeout(timeout, mesh.resolve_with_stats(&addr)).await {
             Ok((Ok((peer, _)), st)) => {
                 let ok = peer == self.peers[target.node];
-                (ok, (!ok).then(|| "wrong node".to_string()), t.elapsed().as_secs_f64() * 1e3, st)
+                (ok, (!ok).then(|| "wrong node".to_string()), self.sim_ms(t.elapsed()), st)
             }
-            Ok((Err(e), st)) => (false, Some(e.to_string()), t.elapsed().as_secs_f64() * 1e3, st),
-            Err(_) => (false, Some("timeout".into()), t.elapsed().as_secs_f64() * 1e3, None),
+            Ok((Err(e), st)) => (false, Some(e.to_string()), self.sim_ms(t.elapsed()), st),
+            Err(_) => (false, Some("timeout".into()), self.sim_ms(t.elapsed()), None),
         }
     }
 
@@ -193,7 +208,7 @@ impl Sim {
             ok,
             error,
             latency_ms,
-            first_ms: st.first_ms.map(|m| m as f64),
+            first_ms: st.first_ms.map(|m| m as f64 / self.scale),
             requests: st.requests,
             requests_to_first: st.requests_to_first,
             failures: st.failures,
@@ -218,7 +233,7 @@ impl Sim {
             to: to.clone(),
             media: Media { audio: true, video: false },
         };
-        let timeout = secs(self.plan.scenario.call_timeout_s);
+        let timeout = self.wall(self.plan.scenario.call_timeout_s);
         let res = tokio::time::timeout(timeout, async {
             let peer = mesh.send(&to, invite).await.map_err(|e| format!("invite: {e}"))?;
             if peer != self.peers[callee.node] {
@@ -229,9 +244,9 @@ impl Sim {
         .await;
         lock(&self.waiters).remove(&id);
         match res {
-            Ok(Ok(at)) => (true, None, at.duration_since(t).as_secs_f64() * 1e3),
-            Ok(Err(e)) => (false, Some(e), t.elapsed().as_secs_f64() * 1e3),
-            Err(_) => (false, Some("timeout".into()), t.elapsed().as_secs_f64() * 1e3),
+            Ok(Ok(at)) => (true, None, self.sim_ms(at.duration_since(t))),
+            Ok(Err(e)) => (false, Some(e), self.sim_ms(t.elapsed())),
+            Err(_) => (false, Some("timeout".into()), self.sim_ms(t.elapsed())),
         }
     }
 }
@@ -266,12 +281,18 @@ async fn serve(mesh: Mesh, mut inbound: mpsc::Receiver<Inbound>, waiters: Waiter
 pub async fn run(plan: Plan, opts: &RunOptions) -> anyhow::Result<Measured> {
     let plan = Arc::new(plan);
     let s = plan.scenario.clone();
+    let scale = s.time_scale;
     let links = Links::new(&plan);
     let netem = Netem::new(
-        Box::new(move |a, b| links.params(a, b)),
+        Box::new(move |a, b| {
+            let mut p = links.params(a, b);
+            p.latency = p.latency.mul_f64(scale);
+            p.bandwidth = p.bandwidth.map(|b| ((b as f64 / scale) as u64).max(1));
+            p
+        }),
         NetemConfig {
-            unreachable_dial: Duration::from_millis(s.link.unreachable_dial_ms),
-            min_rto: Duration::from_millis(s.link.min_rto_ms),
+            unreachable_dial: Duration::from_millis(s.link.unreachable_dial_ms).mul_f64(scale),
+            min_rto: Duration::from_millis(s.link.min_rto_ms).mul_f64(scale),
             seed: s.seed,
             noise: s.link.noise,
         },
@@ -303,8 +324,9 @@ pub async fn run(plan: Plan, opts: &RunOptions) -> anyhow::Result<Measured> {
         t0: Instant::now(),
         call_seq: AtomicUsize::new(0),
         probes: Mutex::default(),
+        scale,
     });
-    let mut m = Measured { rss_baseline: rss_bytes(), ..Measured::default() };
+    let mut m = Measured { rss_baseline: rss_bytes(), time_scale: scale, ..Measured::default() };
 
     // Resource sampling.
     let resources: Arc<Mutex<Vec<ResourcePoint>>> = Arc::default();
@@ -315,7 +337,7 @@ pub async fn run(plan: Plan, opts: &RunOptions) -> anyhow::Result<Measured> {
             loop {
                 tick.tick().await;
                 let p = ResourcePoint {
-                    t_s: sim.t0.elapsed().as_secs_f64(),
+                    t_s: sim.t0.elapsed().as_secs_f64() / sim.scale,
                     nodes: sim.running(),
                     rss_mib: rss_bytes() as f64 / (1 << 20) as f64,
                     connections: sim.netem.open_connections(),
@@ -336,13 +358,12 @@ pub async fn run(plan: Plan, opts: &RunOptions) -> anyhow::Result<Measured> {
             .progress_chars("=> "),
     );
     let deadline = sim.t0 + opts.max_wall;
-    let workload_t0 = Duration::from_millis(plan.workload_start_ms);
     let mut tasks = tokio::task::JoinSet::new();
     let mut marked_workload = false;
     let mut last_msg = Instant::now();
     let mut start_failures = 0;
     for timed in &plan.actions {
-        let at = sim.t0 + Duration::from_millis(timed.at_ms);
+        let at = sim.t0 + sim.wall(timed.at_ms as f64 / 1e3);
         if at > deadline {
             m.cut_short = true;
             break;
@@ -356,8 +377,8 @@ pub async fn run(plan: Plan, opts: &RunOptions) -> anyhow::Result<Measured> {
             m.cpu_at_workload = cpu_seconds();
             m.workload_wall.0 = sim.t0.elapsed().as_secs_f64();
         }
-        let late_ms = at.elapsed().as_secs_f64() * 1e3;
-        let t_s = (timed.at_ms as f64 - workload_t0.as_millis() as f64) / 1e3;
+        let late_ms = sim.sim_ms(at.elapsed());
+        let t_s = (timed.at_ms as f64 - plan.workload_start_ms as f64) / 1e3;
         match &timed.action {
             Action::Join { node } | Action::Rejoin { node } => {
                 if let Err(e) = sim.start_node(*node).await {
@@ -461,8 +482,9 @@ pub async fn run(plan: Plan, opts: &RunOptions) -> anyhow::Result<Measured> {
 /// until it succeeds once (or `probe_timeout_s` passes).
 async fn probe(sim: Arc<Sim>, probes: Vec<(usize, UserRef)>, p: super::scenario::Partition, t_s: f64) {
     let healed = Instant::now();
+    let since_heal = || healed.elapsed().as_secs_f64() / sim.scale;
     let mut found: Vec<Option<f64>> = vec![None; probes.len()];
-    let limit = secs(p.probe_timeout_s);
+    let limit = sim.wall(p.probe_timeout_s);
     while healed.elapsed() < limit && found.iter().any(Option::is_none) {
         let round: Vec<usize> = (0..probes.len()).filter(|&i| found[i].is_none()).collect();
         let mut set = tokio::task::JoinSet::new();
@@ -471,16 +493,17 @@ async fn probe(sim: Arc<Sim>, probes: Vec<(usize, UserRef)>, p: super::scenario:
             set.spawn(async move {
                 let r = sim.lookup(from, target).await;
                 let ok = r.0;
-                sim.record_lookup(t_s + healed.elapsed().as_secs_f64(), Purpose::Probe, Phase::Healed, 0.0, r);
+                let since = healed.elapsed().as_secs_f64() / sim.scale;
+                sim.record_lookup(t_s + since, Purpose::Probe, Phase::Healed, 0.0, r);
                 (i, ok)
             });
         }
         while let Some(Ok((i, ok))) = set.join_next().await {
             if ok {
-                found[i] = Some(healed.elapsed().as_secs_f64());
+                found[i] = Some(since_heal());
             }
         }
-        tokio::time::sleep(secs(p.probe_interval_s)).await;
+        tokio::time::sleep(sim.wall(p.probe_interval_s)).await;
     }
     lock(&sim.probes).extend(found);
 }

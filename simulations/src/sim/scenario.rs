@@ -7,6 +7,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+/// The largest [`Scenario::time_scale`].
+pub const MAX_TIME_SCALE: f64 = 50.0;
+
 /// One simulation: the network, the mesh settings and the workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -15,6 +18,13 @@ pub struct Scenario {
     pub name: String,
     /// Seed of the topology and the workload.
     pub seed: u64,
+    /// The scaled clock: wall-clock seconds per simulated second (1: real
+    /// time). The plan's times, link latencies, every timer of every node
+    /// (`dht::MeshConfig::time_scale`) and the operations' timeouts are
+    /// stretched by it, and measured times are divided by it again: all
+    /// nodes share this machine's cores, and a larger scale gives each
+    /// node the CPU time per simulated second a machine of its own would.
+    pub time_scale: f64,
     /// Zone nodes at the start (replacements for churned nodes come on top).
     pub nodes: usize,
     /// Users published by each node.
@@ -186,6 +196,7 @@ impl Default for Scenario {
         Self {
             name: "unnamed".into(),
             seed: 1,
+            time_scale: 1.0,
             nodes: 50,
             users_per_node: 2,
             join_rate: 20.0,
@@ -308,6 +319,9 @@ impl Scenario {
         }
         let pos = |x: f64| x.is_finite() && x > 0.0;
         let nonneg = |x: f64| x.is_finite() && x >= 0.0;
+        if !(1.0..=MAX_TIME_SCALE).contains(&self.time_scale) {
+            return bad("time_scale", "must be in [1, 50]");
+        }
         if !pos(self.join_rate) || !nonneg(self.settle_s) || !nonneg(self.lookup_rate) || !nonneg(self.call_rate) {
             return bad("join_rate/settle_s/lookup_rate/call_rate", "must be finite, rates non-negative");
         }
