@@ -1113,7 +1113,11 @@ impl SwarmTask {
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
                 let addr = endpoint.get_remote_address();
                 debug!(peer = %peer_id, %addr, "connected");
-                let relayed = addr.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+                // An inbound circuit shows the circuit on the local side
+                // (its send-back address is only the dialler's peer id).
+                let circuit = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+                let relayed = circuit(addr)
+                    || matches!(&endpoint, libp2p::core::ConnectedPoint::Listener { local_addr, .. } if circuit(local_addr));
                 self.connections.insert(connection_id, (peer_id, relayed));
                 if !self.bootstrapped {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
