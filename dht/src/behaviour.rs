@@ -94,7 +94,7 @@ impl Behaviour {
         config: &BehaviourConfig,
     ) -> std::io::Result<Self> {
         let peer = PeerId::from(key.public());
-        let stretch = |d: Duration| if config.time_scale == 1.0 { d } else { d.mul_f64(config.time_scale) };
+        let stretch = |d: Duration| crate::mesh::stretch(d, config.time_scale);
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config
             .set_record_filtering(kad::StoreInserts::FilterBoth)

@@ -92,6 +92,15 @@ pub struct MeshConfig {
     pub network: Network,
 }
 
+/// `d` stretched by `scale` (kept within [`MIN_TIME_SCALE`] and
+/// [`MAX_TIME_SCALE`]); exactly `d` at 1, a real node's scale.
+pub(crate) fn stretch(d: Duration, scale: f64) -> Duration {
+    if scale == 1.0 {
+        return d;
+    }
+    d.mul_f64(scale.clamp(MIN_TIME_SCALE, MAX_TIME_SCALE))
+}
+
 /// The smallest [`MeshConfig::time_scale`] accepted.
 pub const MIN_TIME_SCALE: f64 = 0.01;
 /// The largest [`MeshConfig::time_scale`] accepted.
@@ -183,17 +192,11 @@ impl MeshConfig {
     /// `d` of protocol time in wall-clock time (stretched by
     /// [`MeshConfig::time_scale`]).
     pub fn stretch(&self, d: Duration) -> Duration {
-        if self.time_scale == 1.0 {
-            return d;
-        }
-        d.mul_f64(self.time_scale.clamp(MIN_TIME_SCALE, MAX_TIME_SCALE))
+        stretch(d, self.time_scale)
     }
 
     /// This configuration with every duration in wall-clock time.
     fn stretched(mut self) -> Self {
-        if self.time_scale == 1.0 {
-            return self;
-        }
         for d in [
             &mut self.claim_ttl,
             &mut self.user_ttl,
@@ -203,7 +206,7 @@ impl MeshConfig {
             &mut self.idle_timeout,
             &mut self.bootstrap_interval,
         ] {
-            *d = d.mul_f64(self.time_scale);
+            *d = stretch(*d, self.time_scale);
         }
         self
     }
