@@ -99,6 +99,9 @@ impl Behaviour {
         kad_config
             .set_record_filtering(kad::StoreInserts::FilterBoth)
             .set_publication_interval(None)
+            // Holders put what they hold again hourly (libp2p's default),
+            // on the stretched clock like every other timer.
+            .set_replication_interval(Some(stretch(Duration::from_secs(3600))))
             .set_record_ttl(None)
             .set_query_timeout(stretch(Duration::from_secs(10)))
             .set_substreams_timeout(config.request_timeout)

@@ -338,6 +338,10 @@ pub struct MeshStatus {
     pub lookups: u64,
     /// Lookups that found nothing.
     pub failed_lookups: u64,
+    /// Records handed to newly met peers that are now among the closest
+    /// to their keys (see `SwarmTask::hand_over`).
+    #[serde(default)]
+    pub handed_over: u64,
 }
 
 #[derive(Debug)]
@@ -353,6 +357,13 @@ enum Cmd {
 /// Zone claims being checked against the mesh at once; more are refused
 /// (the sender's next renewal offers them again).
 const MAX_VERIFYING: usize = 64;
+
+/// Kademlia's replication factor: a record lives on this many nodes
+/// closest to its key (libp2p's `K_VALUE`).
+const REPLICATION: usize = 20;
+
+/// Most records handed to one newly met peer.
+const MAX_HANDOFF: usize = 512;
 
 #[derive(Debug)]
 struct SwarmStatus {
@@ -416,6 +427,7 @@ struct Shared {
     failed: AtomicU64,
     lookups: AtomicU64,
     failed_lookups: AtomicU64,
+    handed_over: AtomicU64,
     claim: Mutex<Option<ClaimState>>,
     users: Mutex<BTreeSet<UserName>>,
     /// Resolved users: peer, addresses, when resolved.
@@ -987,6 +999,7 @@ impl Mesh {
             failed_deliveries: s.failed.load(Ordering::Relaxed),
             lookups: s.lookups.load(Ordering::Relaxed),
             failed_lookups: s.failed_lookups.load(Ordering::Relaxed),
+            handed_over: s.handed_over.load(Ordering::Relaxed),
         }
     }
 }
@@ -1168,6 +1181,7 @@ impl SwarmTask {
             kad::Event::InboundRequest { request: kad::InboundRequest::PutRecord { source, record: Some(r), .. } } => {
                 self.inbound_put(source, r);
             }
+            kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => self.hand_over(peer),
             kad::Event::OutboundQueryProgressed { id, result, step, stats } => match result {
                 QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(found))) => {
                     let mut enough = false;
@@ -1221,6 +1235,54 @@ impl SwarmTask {
                 let _ = reply.send((values, s));
             }
             GetDone::VerifyClaim { source, record } => self.verified(source, *record, &votes),
+        }
+    }
+
+    /// Hands `peer`, just added to the routing table, every record held
+    /// here that it is now among the [`REPLICATION`] closest nodes to (as
+    /// far as this node knows, itself included).
+    ///
+    /// A record lives on the nodes closest to its key *when it is put*;
+    /// nodes that join later and come closer would otherwise never hold it
+    /// until the next renewal, and lookups, which ask the nodes closest
+    /// now, would miss it: the Kademlia paper's transfer on join, which
+    /// libp2p leaves to the application. The receiver validates what it is
+    /// handed like any other put.
+    fn hand_over(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        let local = kad::KBucketKey::from(*self.swarm.local_peer_id());
+        let new = kad::KBucketKey::from(peer);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let keys: Vec<RecordKey> =
+            kad.store_mut().records().filter(|r| !r.is_expired(now)).map(|r| r.key.clone()).collect();
+        let mut chosen = Vec::new();
+        for key in keys {
+            let target = kad::KBucketKey::new(key.clone());
+            let d_new = new.distance(&target);
+            // The routing table in order of distance to the key; this node
+            // takes its own place among them.
+            let ahead = usize::from(local.distance(&target) < d_new);
+            let rank = kad.get_closest_local_peers(&target).take(REPLICATION).position(|p| *p.preimage() == peer);
+            if rank.is_some_and(|r| r + ahead < REPLICATION) {
+                chosen.push(key);
+                if chosen.len() >= MAX_HANDOFF {
+                    break;
+                }
+            }
+        }
+        let mut handed = 0;
+        for key in chosen {
+            let Some(record) = kad.store_mut().get(&key).map(|r| r.into_owned()) else { continue };
+            // Its own records the peer has (and has newer).
+            let own = MeshRecord::decode(&record.value).ok().and_then(|r| peer_of(r.node())) == Some(peer);
+            if !own {
+                kad.put_record_to(record, std::iter::once(peer), Quorum::One);
+                handed += 1;
+            }
+        }
+        if handed > 0 {
+            debug!(%peer, records = handed, "handed records to a new close peer");
+            self.shared.handed_over.fetch_add(handed, Ordering::Relaxed);
         }
     }
 

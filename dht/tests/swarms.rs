@@ -29,10 +29,13 @@ fn config(zone: &str, bootstrap: Vec<Multiaddr>) -> MeshConfig {
 }
 
 async fn start(zone: &str, seed: u8, bootstrap: Vec<Multiaddr>) -> Node {
+    start_with(seed, config(zone, bootstrap)).await
+}
+
+async fn start_with(seed: u8, config: MeshConfig) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let tree = sled::open(dir.path()).unwrap().open_tree("mesh").unwrap();
-    let (mesh, inbound) =
-        Mesh::start(SigningKey::from_bytes(&[seed; 32]), tree, config(zone, bootstrap)).await.unwrap();
+    let (mesh, inbound) = Mesh::start(SigningKey::from_bytes(&[seed; 32]), tree, config).await.unwrap();
     Node { mesh, inbound, _dir: dir }
 }
 
@@ -153,4 +156,41 @@ async fn time_scale_stretches_record_lifetimes_and_bad_scales_are_refused() {
     until("the zone is claimed", || async { a.mesh.zone_claim(&zone).await.is_some() }).await;
     let claim = a.mesh.zone_claim(&zone).await.unwrap().claim;
     assert_eq!(claim.expires_at_ms - claim.issued_at_ms, 300_000);
+}
+
+/// Records outlive the nodes they were first put on: nodes that join later
+/// are handed the records they are now among the closest to, so once the
+/// first holders are gone (and long before anyone renews), a lookup still
+/// finds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newcomers_are_handed_records_and_keep_them_when_the_first_holders_leave() {
+    // Nobody renews during the test: whatever the newcomers hold, they were handed.
+    let quiet = |zone: &str, boot: Vec<Multiaddr>| MeshConfig { republish: Duration::from_secs(3600), ..config(zone, boot) };
+    let a = start_with(1, quiet("a", vec![])).await;
+    let boot = addr_of(&a).await;
+    let b = start_with(2, quiet("b", vec![boot.clone()])).await;
+    let bob = Address::parse("bob@b").unwrap();
+    b.mesh.publish_user(UserName::parse("bob").unwrap()).await;
+    until("bob@b resolvable from a", || async { a.mesh.resolve(&bob).await.is_ok() }).await;
+
+    let d = start_with(4, quiet("d", vec![boot.clone()])).await;
+    let d_addr = addr_of(&d).await;
+    let e = start_with(5, quiet("e", vec![d_addr])).await;
+    // d holds its own claim, and was handed a's and b's claims and bob's record.
+    until("the newcomers are handed the records", || async {
+        d.mesh.status().await.stored_records >= 4 && e.mesh.status().await.stored_records >= 4
+    })
+    .await;
+    let handed = a.mesh.status().await.handed_over + b.mesh.status().await.handed_over;
+    assert!(handed >= 3, "the first holders counted what they handed: {handed}");
+
+    a.mesh.stop().await;
+    b.mesh.stop().await;
+    until("e resolves bob@b from the newcomers alone", || async {
+        e.mesh.forget(&bob);
+        e.mesh.resolve(&bob).await.map(|(peer, _)| peer) == Ok(b.mesh.peer_id())
+    })
+    .await;
+    let status = d.mesh.status().await;
+    assert_eq!(status.rejected.replayed, 0, "handing over is not mistaken for a replay: {:?}", status.rejected);
 }

@@ -53,11 +53,15 @@ async function stats(page) {
     const out = { audio: 0, video: 0, frames: 0, localType: null, remoteType: null };
     const report = await pc.getStats();
     let pair = null;
+    let selectedId = null;
     report.forEach((s) => {
       if (s.type === 'inbound-rtp' && s.kind === 'audio') out.audio += s.bytesReceived || 0;
       if (s.type === 'inbound-rtp' && s.kind === 'video') { out.video += s.bytesReceived || 0; out.frames += s.framesDecoded || 0; }
+      if (s.type === 'transport' && s.selectedCandidatePairId) selectedId = s.selectedCandidatePairId;
       if (s.type === 'candidate-pair' && s.state === 'succeeded' && (s.nominated || s.selected)) pair = s;
     });
+    // The pair the transport sends on, when the browser names it.
+    if (selectedId && report.get(selectedId)) pair = report.get(selectedId);
     if (pair) {
       out.localType = report.get(pair.localCandidateId)?.candidateType ?? null;
       out.remoteType = report.get(pair.remoteCandidateId)?.candidateType ?? null;
