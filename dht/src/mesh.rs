@@ -7,9 +7,9 @@
 //! (which claim wins, which user record is good, caching) lives in the
 //! handle, in ordinary async code.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -338,10 +338,15 @@ pub struct MeshStatus {
     pub lookups: u64,
     /// Lookups that found nothing.
     pub failed_lookups: u64,
-    /// Records handed to newly met peers that are now among the closest
-    /// to their keys (see `SwarmTask::hand_over`).
+    /// Records delivered to newly met peers that are now among the
+    /// closest to their keys (see `SwarmTask::hand_over`); the receivers
+    /// validate them as any put.
     #[serde(default)]
     pub handed_over: u64,
+    /// When this node last had its claim and every user record stored by
+    /// the mesh (Unix ms); `None` before the first time.
+    #[serde(default)]
+    pub published_at_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -362,8 +367,18 @@ const MAX_VERIFYING: usize = 64;
 /// closest to its key (libp2p's `K_VALUE`).
 const REPLICATION: usize = 20;
 
-/// Most records handed to one newly met peer.
-const MAX_HANDOFF: usize = 512;
+/// User records put at once when publishing.
+const PARALLEL_PUTS: usize = 8;
+
+/// How often the peers met in the meantime are handed their records.
+const HANDOFF_EVERY: Duration = Duration::from_secs(5);
+/// Hand-over puts under way at once; the rest wait in the queue.
+const HANDOFF_IN_FLIGHT: usize = 32;
+/// Hand-overs waiting to be sent; past this the rest are left to the
+/// records' renewals.
+const HANDOFF_QUEUE: usize = 4096;
+/// Peers met between two hand-over passes that are remembered.
+const MAX_MET: usize = 1024;
 
 #[derive(Debug)]
 struct SwarmStatus {
@@ -428,6 +443,13 @@ struct Shared {
     lookups: AtomicU64,
     failed_lookups: AtomicU64,
     handed_over: AtomicU64,
+    /// Unix ms of the last complete publication; 0 before the first.
+    published_at_ms: AtomicU64,
+    /// Whether a connected mesh peer has been identified yet (publishing
+    /// waits for it rather than failing with nobody to ask).
+    routable: AtomicBool,
+    /// Wakes the publisher when that happens.
+    routable_changed: tokio::sync::Notify,
     claim: Mutex<Option<ClaimState>>,
     users: Mutex<BTreeSet<UserName>>,
     /// Resolved users: peer, addresses, when resolved.
@@ -599,6 +621,12 @@ impl Mesh {
             relays,
             relay_listeners: HashMap::new(),
             verifying: BTreeSet::new(),
+            joined: false,
+            met: BTreeSet::new(),
+            handoff_queue: VecDeque::new(),
+            handoffs: HashSet::new(),
+            republish: config.republish,
+            handoff_every: config.stretch(HANDOFF_EVERY),
         };
         tokio::spawn(task.run(cmd_rx));
         let mesh = Mesh { cmd: cmd_tx, peer_id, key: Arc::new(key), config: Arc::new(config), shared };
@@ -615,6 +643,12 @@ impl Mesh {
     /// This node's zone.
     pub fn zone(&self) -> &ZoneName {
         &self.config.zone
+    }
+
+    /// When the mesh last acknowledged this node's claim and every one of
+    /// its user records (Unix ms), if it has yet.
+    pub fn published_at_ms(&self) -> Option<u64> {
+        Some(self.shared.published_at_ms.load(Ordering::Relaxed)).filter(|&t| t > 0)
     }
 
     /// Publishes (and keeps renewing) the record of a local user.
@@ -733,8 +767,14 @@ impl Mesh {
         let most = self.config.stretch(Duration::from_secs(30));
         let mut backoff = first;
         loop {
+            // A node with no mesh peer yet (still dialling its bootstrap
+            // peers, or the first of its mesh) would fail every put at once
+            // and back off further each time; it waits for its first peer
+            // instead.
+            self.until_routable().await;
             let wait = match self.publish_all().await {
                 Ok(()) => {
+                    self.shared.published_at_ms.store(wall_ms(), Ordering::Relaxed);
                     backoff = first;
                     self.config.republish
                 }
@@ -748,6 +788,18 @@ impl Mesh {
             if self.cmd.is_closed() {
                 return;
             }
+        }
+    }
+
+    /// Returns once a connected mesh peer has been identified.
+    async fn until_routable(&self) {
+        loop {
+            let changed = self.shared.routable_changed.notified();
+            if self.shared.routable.load(Ordering::Acquire) || self.cmd.is_closed() {
+                return;
+            }
+            // Bounded, so a stopped mesh is noticed.
+            let _ = tokio::time::timeout(self.config.stretch(Duration::from_secs(5)), changed).await;
         }
     }
 
@@ -774,12 +826,11 @@ impl Mesh {
         }
         *lock(&self.shared.claim) = Some(ClaimState::Held);
         let users: Vec<UserName> = lock(&self.shared.users).iter().cloned().collect();
-        let mut failed = 0;
-        for u in &users {
-            if !self.put_user(u, &claim).await {
-                failed += 1;
-            }
-        }
+        // A few puts at a time: a zone of hundreds of users renews in a
+        // fraction of the time one after another would take.
+        let puts: Vec<_> = users.iter().map(|u| self.put_user(u, &claim)).collect();
+        let done: Vec<bool> = futures::stream::iter(puts).buffer_unordered(PARALLEL_PUTS).collect().await;
+        let failed = done.iter().filter(|ok| !**ok).count();
         if failed > 0 {
             return Err(format!("{failed} user records not published"));
         }
@@ -1000,6 +1051,7 @@ impl Mesh {
             lookups: s.lookups.load(Ordering::Relaxed),
             failed_lookups: s.failed_lookups.load(Ordering::Relaxed),
             handed_over: s.handed_over.load(Ordering::Relaxed),
+            published_at_ms: self.published_at_ms(),
         }
     }
 }
@@ -1020,10 +1072,53 @@ struct SwarmTask {
     relay_listeners: HashMap<PeerId, libp2p::core::transport::ListenerId>,
     /// Zone keys whose offered first claim is being checked.
     verifying: BTreeSet<Vec<u8>>,
+    /// Whether the first routing-table refresh has finished (hand-overs
+    /// wait for a view of the mesh around each key).
+    joined: bool,
+    /// Peers added to the routing table since the last hand-over pass.
+    met: BTreeSet<PeerId>,
+    /// Hand-overs waiting to be sent: to whom, which record.
+    handoff_queue: VecDeque<(PeerId, RecordKey)>,
+    /// Hand-over puts under way.
+    handoffs: HashSet<kad::QueryId>,
+    /// How often records are renewed (wall-clock): older copies are not
+    /// handed over.
+    republish: Duration,
+    /// How often peers met are handed their records.
+    handoff_every: Duration,
+}
+
+/// Which of the peers `met` should be handed a record under `target`:
+/// those among the [`REPLICATION`] closest nodes this node knows to it
+/// (`closest`: the routing table's nearest peers, nearest first; this
+/// node, `local`, takes its own place among them), provided this node is
+/// among them too or is farther from the key than the peer (a holder the
+/// mesh has grown past hands its copy inwards).
+fn recipients(
+    local: &kad::KBucketKey<PeerId>,
+    target: &kad::KBucketKey<RecordKey>,
+    closest: &[kad::KBucketKey<PeerId>],
+    met: &BTreeSet<PeerId>,
+) -> Vec<PeerId> {
+    let mine = local.distance(target);
+    let my_rank = closest.iter().filter(|p| p.distance(target) < mine).count();
+    closest
+        .iter()
+        .take(REPLICATION)
+        .enumerate()
+        .filter(|(_, p)| met.contains(p.preimage()))
+        .filter_map(|(i, p)| {
+            let theirs = p.distance(target);
+            let rank = i + usize::from(mine < theirs);
+            (rank < REPLICATION && (my_rank < REPLICATION || theirs < mine)).then(|| *p.preimage())
+        })
+        .collect()
 }
 
 impl SwarmTask {
     async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) {
+        let mut handoff = tokio::time::interval(self.handoff_every);
+        handoff.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
@@ -1031,6 +1126,7 @@ impl SwarmTask {
                     Some(c) => self.command(c),
                 },
                 event = self.swarm.select_next_some() => self.event(event),
+                _ = handoff.tick() => self.hand_over(),
             }
         }
         debug!("mesh swarm stopped");
@@ -1104,6 +1200,11 @@ impl SwarmTask {
             {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+                // A connected mesh peer is in the routing table now: puts
+                // and lookups have someone to ask.
+                if !self.shared.routable.swap(true, Ordering::AcqRel) {
+                    self.shared.routable_changed.notify_waiters();
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
@@ -1181,7 +1282,9 @@ impl SwarmTask {
             kad::Event::InboundRequest { request: kad::InboundRequest::PutRecord { source, record: Some(r), .. } } => {
                 self.inbound_put(source, r);
             }
-            kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => self.hand_over(peer),
+            kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } if self.met.len() < MAX_MET => {
+                self.met.insert(peer);
+            }
             kad::Event::OutboundQueryProgressed { id, result, step, stats } => match result {
                 QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(found))) => {
                     let mut enough = false;
@@ -1215,7 +1318,16 @@ impl SwarmTask {
                 QueryResult::PutRecord(r) if step.last => {
                     if let Some(reply) = self.puts.remove(&id) {
                         let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+                    } else if self.handoffs.remove(&id) {
+                        if r.is_ok() {
+                            self.shared.handed_over.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.pump_handoffs();
                     }
+                }
+                QueryResult::Bootstrap(_) if step.last && !self.joined => {
+                    // Hand-overs need a view of the mesh around each key.
+                    self.joined = true;
                 }
                 _ => {}
             },
@@ -1238,51 +1350,67 @@ impl SwarmTask {
         }
     }
 
-    /// Hands `peer`, just added to the routing table, every record held
-    /// here that it is now among the [`REPLICATION`] closest nodes to (as
-    /// far as this node knows, itself included).
+    /// Queues the records that the peers met since the last pass should
+    /// hold, then sends what the in-flight limit allows.
     ///
     /// A record lives on the nodes closest to its key *when it is put*;
-    /// nodes that join later and come closer would otherwise never hold it
-    /// until the next renewal, and lookups, which ask the nodes closest
-    /// now, would miss it: the Kademlia paper's transfer on join, which
-    /// libp2p leaves to the application. The receiver validates what it is
-    /// handed like any other put.
-    fn hand_over(&mut self, peer: PeerId) {
+    /// nodes that join later and come closer would not hold it until its
+    /// next renewal, and lookups, which ask the nodes closest now, would
+    /// miss it. So a node hands a newly met peer each record it holds that
+    /// the peer is now among the [`REPLICATION`] closest nodes to (as far
+    /// as this node knows), when this node is among them too or farther
+    /// than the peer: the Kademlia paper's transfer on join, which libp2p
+    /// leaves to the application. Only copies renewed within the last
+    /// republish interval go (an older copy has been superseded, or its
+    /// node has gone; the receiver would refuse it as a replay or keep a
+    /// dead route alive). One pass over the store serves every peer met
+    /// in the meantime; the receiver validates what it is handed like any
+    /// other put.
+    fn hand_over(&mut self) {
+        if !self.joined || self.met.is_empty() {
+            return;
+        }
+        let met = std::mem::take(&mut self.met);
         let now = Instant::now();
+        let fresh_after = wall_ms().saturating_sub(self.republish.as_millis() as u64 * 5 / 4);
         let local = kad::KBucketKey::from(*self.swarm.local_peer_id());
-        let new = kad::KBucketKey::from(peer);
         let kad = &mut self.swarm.behaviour_mut().kad;
         let keys: Vec<RecordKey> =
             kad.store_mut().records().filter(|r| !r.is_expired(now)).map(|r| r.key.clone()).collect();
-        let mut chosen = Vec::new();
         for key in keys {
+            if self.handoff_queue.len() >= HANDOFF_QUEUE {
+                debug!("hand-over queue full; the rest wait for their renewals");
+                break;
+            }
             let target = kad::KBucketKey::new(key.clone());
-            let d_new = new.distance(&target);
-            // The routing table in order of distance to the key; this node
-            // takes its own place among them.
-            let ahead = usize::from(local.distance(&target) < d_new);
-            let rank = kad.get_closest_local_peers(&target).take(REPLICATION).position(|p| *p.preimage() == peer);
-            if rank.is_some_and(|r| r + ahead < REPLICATION) {
-                chosen.push(key);
-                if chosen.len() >= MAX_HANDOFF {
-                    break;
-                }
+            let closest: Vec<kad::KBucketKey<PeerId>> =
+                kad.get_closest_local_peers(&target).take(REPLICATION).collect();
+            let to = recipients(&local, &target, &closest, &met);
+            if to.is_empty() {
+                continue;
+            }
+            let Some(rec) = kad.store_mut().get(&key).and_then(|r| MeshRecord::decode(&r.value).ok()) else { continue };
+            if rec.issued_at_ms() < fresh_after {
+                continue;
+            }
+            // A peer has its own records, and newer ones.
+            let publisher = peer_of(rec.node());
+            for peer in to.into_iter().filter(|p| Some(*p) != publisher) {
+                self.handoff_queue.push_back((peer, key.clone()));
             }
         }
-        let mut handed = 0;
-        for key in chosen {
+        self.pump_handoffs();
+    }
+
+    /// Sends queued hand-overs while fewer than [`HANDOFF_IN_FLIGHT`] are
+    /// under way.
+    fn pump_handoffs(&mut self) {
+        while self.handoffs.len() < HANDOFF_IN_FLIGHT {
+            let Some((peer, key)) = self.handoff_queue.pop_front() else { return };
+            let kad = &mut self.swarm.behaviour_mut().kad;
             let Some(record) = kad.store_mut().get(&key).map(|r| r.into_owned()) else { continue };
-            // Its own records the peer has (and has newer).
-            let own = MeshRecord::decode(&record.value).ok().and_then(|r| peer_of(r.node())) == Some(peer);
-            if !own {
-                kad.put_record_to(record, std::iter::once(peer), Quorum::One);
-                handed += 1;
-            }
-        }
-        if handed > 0 {
-            debug!(%peer, records = handed, "handed records to a new close peer");
-            self.shared.handed_over.fetch_add(handed, Ordering::Relaxed);
+            let id = kad.put_record_to(record, std::iter::once(peer), Quorum::One);
+            self.handoffs.insert(id);
         }
     }
 
@@ -1291,6 +1419,13 @@ impl SwarmTask {
         let now = wall_ms();
         let store = self.swarm.behaviour_mut().kad.store_mut();
         let key = record.key.to_vec();
+        // The very bytes already held (a hand-over or a second holder's
+        // copy of what this node has checked before): nothing to check or
+        // store again, as long as that copy is live.
+        let same = store.get(&record.key).is_some_and(|r| r.value == record.value && !r.is_expired(Instant::now()));
+        if same {
+            return;
+        }
         let existing = store.mesh_record(&key);
         let zone_claim = match MeshRecord::decode(&record.value) {
             Ok(MeshRecord::User(u)) => match store.mesh_record(&zone_key(&u.record.user.zone)) {
@@ -1384,6 +1519,63 @@ impl SwarmTask {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` peers sorted by distance to `target`, nearest first.
+    fn sorted_peers(n: usize, target: &kad::KBucketKey<RecordKey>) -> Vec<kad::KBucketKey<PeerId>> {
+        let mut peers: Vec<kad::KBucketKey<PeerId>> = (0..n).map(|_| PeerId::random().into()).collect();
+        peers.sort_by_key(|p| p.distance(target));
+        peers
+    }
+
+    #[test]
+    fn a_new_peer_is_handed_a_record_only_among_the_closest() {
+        let target = kad::KBucketKey::new(RecordKey::new(&b"user/bob@sants".to_vec()));
+        for my_rank in [0, 1, 10, 19, 20, 21, 35] {
+            let all = sorted_peers(41, &target);
+            let local = all[my_rank];
+            // What the routing table gives: everyone else, nearest first, 20 of them.
+            let closest: Vec<_> = all.iter().filter(|p| **p != local).take(REPLICATION).cloned().collect();
+            let met: BTreeSet<PeerId> = all.iter().map(|p| *p.preimage()).collect();
+            let got = recipients(&local, &target, &closest, &met);
+            let want: Vec<PeerId> = if my_rank < REPLICATION {
+                // This node holds one of the 20 places: the 20th table peer is out.
+                closest[..REPLICATION - 1].iter().map(|p| *p.preimage()).collect()
+            } else {
+                // Grown past: all 20 are closer than this node, and get its copy.
+                closest.iter().map(|p| *p.preimage()).collect()
+            };
+            assert_eq!(got, want, "this node ranked {my_rank}");
+        }
+    }
+
+    #[test]
+    fn only_peers_met_since_the_last_pass_are_handed_records() {
+        let target = kad::KBucketKey::new(RecordKey::new(&b"zone/gracia".to_vec()));
+        let all = sorted_peers(30, &target);
+        let local = all[3];
+        let closest: Vec<_> = all.iter().filter(|p| **p != local).take(REPLICATION).cloned().collect();
+        let met: BTreeSet<PeerId> =
+            [&closest[0], &closest[18], &closest[19], &all[25]].iter().map(|p| *p.preimage()).collect();
+        // closest[19] is ranked 20th once this node takes its place; all[25] is far.
+        assert_eq!(recipients(&local, &target, &closest, &met), vec![*closest[0].preimage(), *closest[18].preimage()]);
+        assert!(recipients(&local, &target, &closest, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn a_small_mesh_hands_everyone_everything() {
+        let target = kad::KBucketKey::new(RecordKey::new(&b"zone/clot".to_vec()));
+        let all = sorted_peers(6, &target);
+        let met: BTreeSet<PeerId> = all.iter().map(|p| *p.preimage()).collect();
+        for local in &all {
+            let closest: Vec<_> = all.iter().filter(|p| *p != local).cloned().collect();
+            assert_eq!(recipients(local, &target, &closest, &met).len(), 5);
         }
     }
 }

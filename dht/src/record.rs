@@ -325,6 +325,14 @@ impl MeshRecord {
         }
     }
 
+    /// When it was signed, ms since the epoch.
+    pub fn issued_at_ms(&self) -> u64 {
+        match self {
+            Self::Zone(z) => z.claim.issued_at_ms,
+            Self::User(u) => u.record.issued_at_ms,
+        }
+    }
+
     /// When it lapses, ms since the epoch.
     pub fn expires_at_ms(&self) -> u64 {
         match self {

@@ -51,7 +51,8 @@ async fn addr_of(n: &Node) -> Multiaddr {
 }
 
 async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    for _ in 0..300 {
+    // 30 s: hand-overs go out on a 5 s tick.
+    for _ in 0..600 {
         if f().await {
             return;
         }
@@ -165,7 +166,8 @@ async fn time_scale_stretches_record_lifetimes_and_bad_scales_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newcomers_are_handed_records_and_keep_them_when_the_first_holders_leave() {
     // Nobody renews during the test: whatever the newcomers hold, they were handed.
-    let quiet = |zone: &str, boot: Vec<Multiaddr>| MeshConfig { republish: Duration::from_secs(3600), ..config(zone, boot) };
+    let quiet =
+        |zone: &str, boot: Vec<Multiaddr>| MeshConfig { republish: Duration::from_secs(3600), ..config(zone, boot) };
     let a = start_with(1, quiet("a", vec![])).await;
     let boot = addr_of(&a).await;
     let b = start_with(2, quiet("b", vec![boot.clone()])).await;

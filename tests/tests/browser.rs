@@ -98,7 +98,11 @@ fn assert_media_stays_on_this_machine(v: &Value) {
             let addr = v[side][field].as_str().unwrap_or_default();
             if addr.is_empty() {
                 assert_eq!(field, "remoteAddress", "{side}'s local address is shown: {v}");
-                assert_eq!(v[side]["remoteType"].as_str(), Some("prflx"), "only a peer-reflexive address is hidden: {v}");
+                assert_eq!(
+                    v[side]["remoteType"].as_str(),
+                    Some("prflx"),
+                    "only a peer-reflexive address is hidden: {v}"
+                );
                 continue;
             }
             let ip: std::net::IpAddr = addr.parse().unwrap_or_else(|_| panic!("{side} {field} is an IP: {v}"));

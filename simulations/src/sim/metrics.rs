@@ -48,6 +48,14 @@ pub struct LookupSample {
     pub failures: u32,
     /// How late it started against the plan, ms (the simulator falling behind).
     pub late_ms: f64,
+    /// Simulated seconds since the target's node (re)started, when the
+    /// lookup began (`None`: it was not running).
+    #[serde(default)]
+    pub target_up_s: Option<f64>,
+    /// Whether the mesh had acknowledged the target node's records (its
+    /// claim and every user) by then.
+    #[serde(default)]
+    pub target_published: bool,
 }
 
 /// One call.

@@ -32,6 +32,15 @@ pub struct LookupSummary {
     pub by_phase: Vec<(Phase, Rate)>,
     /// Failures by cause.
     pub errors: Vec<(String, usize)>,
+    /// Success of the lookups whose target's node had its records
+    /// acknowledged by the mesh when the lookup began.
+    #[serde(default)]
+    pub success_published: Rate,
+    /// Lookups whose target's node was running but had not had its
+    /// records acknowledged yet (it joined or came back recently, or its
+    /// puts kept failing).
+    #[serde(default)]
+    pub unpublished_targets: Rate,
 }
 
 /// Partition figures.
@@ -173,6 +182,14 @@ impl Summary {
             messages: Dist::of(work.iter().filter(|l| l.requests > 0).map(|l| f64::from(l.requests))),
             by_phase,
             errors: count_errors(work.iter().filter_map(|l| l.error.as_deref())),
+            success_published: Rate::of(
+                work.iter().filter(|l| l.phase != Phase::PartitionCross && l.target_published).map(|l| l.ok),
+            ),
+            unpublished_targets: Rate::of(
+                work.iter()
+                    .filter(|l| l.phase != Phase::PartitionCross && !l.target_published && l.target_up_s.is_some())
+                    .map(|l| l.ok),
+            ),
         };
         let audit_samples: Vec<&LookupSample> = m.lookups.iter().filter(|l| l.purpose == Purpose::Audit).collect();
         let audit = Rate::of(audit_samples.iter().map(|l| l.ok));
@@ -255,6 +272,10 @@ impl Summary {
                 format!("{} at start, {} ever, {} at workload", self.nodes, self.nodes_ever, self.nodes_at_workload),
             ),
             ("lookup success".into(), pct(&self.lookups.success)),
+            (
+                "  target published / not yet".into(),
+                format!("{} / {}", pct(&self.lookups.success_published), pct(&self.lookups.unpublished_targets)),
+            ),
             ("lookup latency p50/p90/p99 ms".into(), d(&self.lookups.latency_ms)),
             ("first record p50/p90/p99 ms".into(), d(&self.lookups.first_record_ms)),
             (
@@ -389,12 +410,12 @@ pub fn write_files(dir: &Path, plan: &Plan, m: &Measured, summary: &Summary) -> 
     std::fs::write(dir.join("summary.json"), serde_json::to_vec_pretty(summary).unwrap_or_default())?;
     std::fs::write(dir.join("report.md"), summary.markdown(plan))?;
     let mut l = String::from(
-        "t_s,purpose,phase,ok,error,latency_ms,first_ms,requests,requests_to_first,hops,failures,late_ms\n",
+        "t_s,purpose,phase,ok,error,latency_ms,first_ms,requests,requests_to_first,hops,failures,late_ms,target_up_s,target_published\n",
     );
     for x in &m.lookups {
         let _ = writeln!(
             l,
-            "{:.3},{:?},{:?},{},{},{:.1},{},{},{},{},{},{:.1}",
+            "{:.3},{:?},{:?},{},{},{:.1},{},{},{},{},{},{:.1},{},{}",
             x.t_s,
             x.purpose,
             x.phase,
@@ -406,7 +427,9 @@ pub fn write_files(dir: &Path, plan: &Plan, m: &Measured, summary: &Summary) -> 
             csv_opt(x.requests_to_first),
             csv_opt(x.requests_to_first.map(hops)),
             x.failures,
-            x.late_ms
+            x.late_ms,
+            csv_opt(x.target_up_s.map(|s| (s * 10.0).round() / 10.0)),
+            x.target_published
         );
     }
     std::fs::write(dir.join("lookups.csv"), l)?;

@@ -79,6 +79,8 @@ type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
 
 struct Node {
     mesh: Mesh,
+    /// When it (re)started.
+    started: Instant,
 }
 
 struct Sim {
@@ -167,7 +169,7 @@ impl Sim {
         }
         tokio::spawn(serve(mesh.clone(), inbound, self.waiters.clone()));
         if let Some(slot) = lock(&self.nodes).get_mut(i) {
-            *slot = Some(Node { mesh });
+            *slot = Some(Node { mesh, started: Instant::now() });
         }
         Ok(())
     }
@@ -182,24 +184,33 @@ impl Sim {
         }
     }
 
+    /// The target's node as a lookup starts: simulated seconds since it
+    /// (re)started, and whether the mesh had acknowledged its records since.
+    fn target_state(&self, i: usize) -> (Option<f64>, bool) {
+        let nodes = lock(&self.nodes);
+        let Some(Some(n)) = nodes.get(i) else { return (None, false) };
+        (Some(self.sim_ms(n.started.elapsed()) / 1e3), n.mesh.published_at_ms().is_some())
+    }
+
     /// Resolves `target` from node `from`, timed.
-    async fn lookup(&self, from: usize, target: UserRef) -> (bool, Option<String>, f64, Option<dht::LookupStats>) {
-        let Some(mesh) = self.mesh(from) else { return (false, Some("asker down".into()), 0.0, None) };
-        let Ok(addr) = self.user(target) else { return (false, Some("bad user".into()), 0.0, None) };
+    async fn lookup(&self, from: usize, target: UserRef) -> LookupResult {
+        let state = self.target_state(target.node);
+        let Some(mesh) = self.mesh(from) else { return (false, Some("asker down".into()), 0.0, None, state) };
+        let Ok(addr) = self.user(target) else { return (false, Some("bad user".into()), 0.0, None, state) };
         let t = Instant::now();
         let timeout = self.wall(self.plan.scenario.lookup_timeout_s);
         match tokio::time::timeout(timeout, mesh.resolve_with_stats(&addr)).await {
             Ok((Ok((peer, _)), st)) => {
                 let ok = peer == self.peers[target.node];
-                (ok, (!ok).then(|| "wrong node".to_string()), self.sim_ms(t.elapsed()), st)
+                (ok, (!ok).then(|| "wrong node".to_string()), self.sim_ms(t.elapsed()), st, state)
             }
-            Ok((Err(e), st)) => (false, Some(e.to_string()), self.sim_ms(t.elapsed()), st),
-            Err(_) => (false, Some("timeout".into()), self.sim_ms(t.elapsed()), None),
+            Ok((Err(e), st)) => (false, Some(e.to_string()), self.sim_ms(t.elapsed()), st, state),
+            Err(_) => (false, Some("timeout".into()), self.sim_ms(t.elapsed()), None, state),
         }
     }
 
     fn record_lookup(&self, t_s: f64, purpose: Purpose, phase: Phase, late_ms: f64, r: LookupResult) {
-        let (ok, error, latency_ms, st) = r;
+        let (ok, error, latency_ms, st, (target_up_s, target_published)) = r;
         let st = st.unwrap_or_default();
         lock(&self.lookups).push(LookupSample {
             t_s,
@@ -213,6 +224,8 @@ impl Sim {
             requests_to_first: st.requests_to_first,
             failures: st.failures,
             late_ms,
+            target_up_s,
+            target_published,
         });
     }
 
@@ -251,7 +264,9 @@ impl Sim {
     }
 }
 
-type LookupResult = (bool, Option<String>, f64, Option<dht::LookupStats>);
+/// Found the right node, why not, latency (simulated ms), the query's
+/// statistics, and the target's state (see `Sim::target_state`).
+type LookupResult = (bool, Option<String>, f64, Option<dht::LookupStats>, (Option<f64>, bool));
 
 /// Answers other nodes' signalling as a node would: every message gets a
 /// `Delivered` receipt; an invite is then accepted (the callee's node sends
