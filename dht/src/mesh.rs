@@ -1062,7 +1062,9 @@ struct SwarmTask {
     inbound: mpsc::Sender<Inbound>,
     shared: Arc<Shared>,
     gets: HashMap<kad::QueryId, PendingGet>,
-    puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), String>>>,
+    /// Puts under way: who waits, and whether this is already the
+    /// fallback put to the closest peers known (see `SwarmTask::put_done`).
+    puts: HashMap<kad::QueryId, (oneshot::Sender<Result<(), String>>, bool)>,
     sends: HashMap<OutboundRequestId, oneshot::Sender<Result<Receipt, String>>>,
     bootstrapped: bool,
     /// Open connections: whether each goes through a relay circuit.
@@ -1153,7 +1155,7 @@ impl SwarmTask {
                 record.publisher = Some(*self.swarm.local_peer_id());
                 match self.swarm.behaviour_mut().kad.put_record(record, Quorum::One) {
                     Ok(id) => {
-                        self.puts.insert(id, reply);
+                        self.puts.insert(id, (reply, false));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e.to_string()));
@@ -1316,8 +1318,8 @@ impl SwarmTask {
                 }
                 QueryResult::GetRecord(_) if step.last => self.finish_get(id, &stats),
                 QueryResult::PutRecord(r) if step.last => {
-                    if let Some(reply) = self.puts.remove(&id) {
-                        let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+                    if let Some((reply, fallen_back)) = self.puts.remove(&id) {
+                        self.put_done(r, reply, fallen_back);
                     } else if self.handoffs.remove(&id) {
                         if r.is_ok() {
                             self.shared.handed_over.fetch_add(1, Ordering::Relaxed);
@@ -1332,6 +1334,39 @@ impl SwarmTask {
                 _ => {}
             },
             _ => {}
+        }
+    }
+
+    /// Ends one of this node's puts. A put whose walk to the closest peers
+    /// timed out (a busy mesh, a few slow peers on the way) fails in libp2p
+    /// even when it reached a holder, or before it reached any: the first
+    /// counts as done; the second is put once more, straight to the
+    /// closest peers this node knows, and hand-overs carry it on as those
+    /// meet closer nodes.
+    fn put_done(&mut self, r: kad::PutRecordResult, reply: oneshot::Sender<Result<(), String>>, fallen_back: bool) {
+        let err = match r {
+            Err(kad::PutRecordError::Timeout { success, .. }) if !success.is_empty() => None,
+            Ok(_) => None,
+            Err(e) => Some(e),
+        };
+        let Some(err) = err else {
+            let _ = reply.send(Ok(()));
+            return;
+        };
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let record = kad.store_mut().get(err.key()).map(|r| r.into_owned());
+        let target = kad::KBucketKey::new(err.key().clone());
+        let peers: Vec<PeerId> =
+            kad.get_closest_local_peers(&target).take(REPLICATION).map(|k| *k.preimage()).collect();
+        match record {
+            Some(record) if !fallen_back && !peers.is_empty() => {
+                debug!(error = %err, peers = peers.len(), "put timed out; putting to the closest peers known");
+                let id = kad.put_record_to(record, peers.into_iter(), Quorum::One);
+                self.puts.insert(id, (reply, true));
+            }
+            _ => {
+                let _ = reply.send(Err(err.to_string()));
+            }
         }
     }
 
