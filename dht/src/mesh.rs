@@ -139,6 +139,14 @@ pub struct LookupStats {
     /// Whether the query was stopped as soon as it had enough records
     /// (rather than asking every one of the closest peers).
     pub early: bool,
+    /// Whether the query ended before it had answers from the peers
+    /// closest to the key: it ran out of time, or fewer than the
+    /// replication factor (20) of the peers it asked answered while some
+    /// were still silent (past Kademlia's answer timeout; peers that
+    /// refused or failed outright do not count). Finding nothing then
+    /// says the mesh was too slow or partly cut off, not that the record
+    /// is absent.
+    pub incomplete: bool,
 }
 
 /// When a lookup has found enough.
@@ -245,6 +253,11 @@ pub enum RouteError {
     /// The zone's node publishes no such user.
     #[error("unknown user")]
     UnknownUser,
+    /// Nothing was found, but the lookup ended before the nodes closest
+    /// to the key had answered (see [`LookupStats::incomplete`]): the mesh
+    /// is slow or partly unreachable; the user or zone may well exist.
+    #[error("lookup incomplete: the closest nodes did not answer")]
+    Incomplete,
     /// The node could not be reached.
     #[error("unreachable: {0}")]
     Unreachable(String),
@@ -845,12 +858,18 @@ impl Mesh {
     }
 
     async fn lookup_claim(&self, zone: &ZoneName) -> Option<SignedZoneClaim> {
+        self.lookup_claim_timed(zone).await.0
+    }
+
+    /// [`Self::lookup_claim`], also telling whether a lookup that found
+    /// nothing was incomplete.
+    async fn lookup_claim_timed(&self, zone: &ZoneName) -> (Option<SignedZoneClaim>, bool) {
         let key = zone_key(zone);
         let now = wall_ms();
         let mut votes: HashMap<String, (usize, SignedZoneClaim)> = HashMap::new();
         // Stops once CLAIM_QUORUM holders agree; otherwise the query asks
         // every one of the closest peers and the majority decides.
-        let (values, _) = self.get_with_stats(key.clone(), Enough::Agree(CLAIM_QUORUM)).await;
+        let (values, stats) = self.get_with_stats(key.clone(), Enough::Agree(CLAIM_QUORUM)).await;
         for value in values {
             match validate(&key, &value, now, None, None) {
                 Ok(MeshRecord::Zone(c)) => {
@@ -864,19 +883,28 @@ impl Mesh {
                 Err(e) => self.shared.rejections.count(&e),
             }
         }
-        let best = votes.into_values().max_by_key(|(n, c)| (*n, std::cmp::Reverse(c.claim.issued_at_ms)))?.1;
+        let Some((_, best)) = votes.into_values().max_by_key(|(n, c)| (*n, std::cmp::Reverse(c.claim.issued_at_ms)))
+        else {
+            return (None, stats.incomplete);
+        };
         lock(&self.shared.claim_cache).insert(zone.clone(), (best.clone(), Instant::now()));
-        Some(best)
+        (Some(best), false)
     }
 
     /// The claim of `zone`, from the cache or the mesh.
     pub async fn zone_claim(&self, zone: &ZoneName) -> Option<SignedZoneClaim> {
+        self.zone_claim_timed(zone).await.0
+    }
+
+    /// [`Self::zone_claim`], also telling whether a lookup that found
+    /// nothing was incomplete.
+    async fn zone_claim_timed(&self, zone: &ZoneName) -> (Option<SignedZoneClaim>, bool) {
         let ttl = self.config.cache_ttl * 5;
         let cached =
             lock(&self.shared.claim_cache).get(zone).filter(|(_, at)| at.elapsed() < ttl).map(|(c, _)| c.clone());
         match cached {
-            Some(c) if c.claim.expires_at_ms > wall_ms() => Some(c),
-            _ => self.lookup_claim(zone).await,
+            Some(c) if c.claim.expires_at_ms > wall_ms() => (Some(c), false),
+            _ => self.lookup_claim_timed(zone).await,
         }
     }
 
@@ -914,8 +942,12 @@ impl Mesh {
         }
         let key = user_key(user);
         let (claim, (values, stats)) =
-            tokio::join!(self.zone_claim(&user.zone), self.get_with_stats(key.clone(), Enough::FirstValid));
-        let Some(claim) = claim else { return (Err(RouteError::UnknownZone), Some(stats)) };
+            tokio::join!(self.zone_claim_timed(&user.zone), self.get_with_stats(key.clone(), Enough::FirstValid));
+        let claim = match claim {
+            (Some(claim), _) => claim,
+            (None, true) => return (Err(RouteError::Incomplete), Some(LookupStats { incomplete: true, ..stats })),
+            (None, false) => return (Err(RouteError::UnknownZone), Some(stats)),
+        };
         let mut best = self.best_user_record(user, &key, values, &claim);
         let mut stats = stats;
         if best.is_none() && stats.early {
@@ -925,7 +957,10 @@ impl Mesh {
             stats = full;
             best = self.best_user_record(user, &key, values, &claim);
         }
-        let Some(rec) = best else { return (Err(RouteError::UnknownUser), Some(stats)) };
+        let Some(rec) = best else {
+            let why = if stats.incomplete { RouteError::Incomplete } else { RouteError::UnknownUser };
+            return (Err(why), Some(stats));
+        };
         let Some(peer) = peer_of(&rec.record.node) else { return (Err(RouteError::UnknownUser), Some(stats)) };
         let addrs: Vec<Multiaddr> = rec.record.addrs.iter().filter_map(|a| a.parse().ok()).collect();
         lock(&self.shared.user_cache).insert(user.clone(), (peer, addrs.clone(), Instant::now()));
@@ -961,10 +996,15 @@ impl Mesh {
     }
 
     /// Delivers `msg` to `user`'s home node, resolving it first; returns
-    /// the node it went to. A failed delivery drops the cached route and
+    /// the node it went to. A lookup the closest nodes did not all answer
+    /// is tried once more; a failed delivery drops the cached route and
     /// tries once more with a fresh lookup.
     pub async fn send(&self, user: &Address, msg: NodeToNode) -> Result<PeerId, RouteError> {
-        let (peer, addrs) = self.resolve(user).await?;
+        let (peer, addrs) = match self.resolve(user).await {
+            // The closest nodes did not all answer: one fresh walk.
+            Err(RouteError::Incomplete) => self.resolve(user).await?,
+            found => found?,
+        };
         match self.deliver(peer, addrs, msg.clone()).await {
             Ok(()) => Ok(peer),
             Err(RouteError::Unreachable(_)) => {
@@ -1316,7 +1356,14 @@ impl SwarmTask {
                         self.finish_get(id, &stats);
                     }
                 }
-                QueryResult::GetRecord(_) if step.last => self.finish_get(id, &stats),
+                QueryResult::GetRecord(r) if step.last => {
+                    if matches!(r, Err(kad::GetRecordError::Timeout { .. })) {
+                        if let Some(get) = self.gets.get_mut(&id) {
+                            get.stats.incomplete = true;
+                        }
+                    }
+                    self.finish_get(id, &stats)
+                }
                 QueryResult::PutRecord(r) if step.last => {
                     if let Some((reply, fallen_back)) = self.puts.remove(&id) {
                         self.put_done(r, reply, fallen_back);
@@ -1379,6 +1426,15 @@ impl SwarmTask {
                 s.failures = stats.num_failures();
                 s.total_ms = stats.duration().map_or(0, |d| d.as_millis() as u64);
                 s.records = values.len() as u32;
+                // Kademlia's walk also ends when the peers it could ask ran
+                // out, or when every one it waits for is past its own
+                // 10 s answer timeout (not configurable): an answer from
+                // fewer than REPLICATION peers while some are still silent
+                // is not the closest peers' word. Peers that refused or
+                // failed outright (a node that left) do not count: in a
+                // small mesh the walk ends with them as a matter of course.
+                // A walk stopped early found what it wanted.
+                s.incomplete |= !s.early && stats.num_pending() > 0 && (s.successes as usize) < REPLICATION;
                 let _ = reply.send((values, s));
             }
             GetDone::VerifyClaim { source, record } => self.verified(source, *record, &votes),

@@ -196,3 +196,42 @@ async fn newcomers_are_handed_records_and_keep_them_when_the_first_holders_leave
     let status = d.mesh.status().await;
     assert_eq!(status.rejected.replayed, 0, "handing over is not mistaken for a replay: {:?}", status.rejected);
 }
+
+/// A lookup that ends before the closest nodes answered says so
+/// (`Incomplete`) and is not mistaken for "no such zone": the only peer
+/// this node knows accepts TCP connections and never says a word, so the
+/// walk gives up on it after Kademlia's 10 s with no answer at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_that_no_node_answered_says_so() {
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hole.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = hole.accept().await {
+            open.push(socket);
+        }
+    });
+    let silent: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", libp2p::PeerId::random()).parse().unwrap();
+    let a = start("a", 21, vec![silent]).await;
+    let started = std::time::Instant::now();
+    let got = a.mesh.resolve(&Address::parse("x@nowhere").unwrap()).await;
+    assert_eq!(got, Err(RouteError::Incomplete), "after {:?}", started.elapsed());
+    assert_eq!(RouteError::Incomplete.end_reason(), signalling::EndReason::UnreachableZone);
+    held.abort();
+
+    // A node that left cleanly refuses the walk's dial: that is an answer
+    // of sorts, and a small mesh still says "no such zone", not
+    // "incomplete".
+    let b = start("b", 22, vec![]).await;
+    let boot = addr_of(&b).await;
+    let c = start("c", 23, vec![boot.clone()]).await;
+    let d = start("d", 24, vec![boot]).await;
+    until("d knows c", || async {
+        d.mesh.resolve(&Address::parse("x@c").unwrap()).await != Err(RouteError::UnknownZone)
+    })
+    .await;
+    c.mesh.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(d.mesh.resolve(&Address::parse("x@nowhere").unwrap()).await, Err(RouteError::UnknownZone));
+    assert_eq!(b.mesh.resolve(&Address::parse("x@nowhere").unwrap()).await, Err(RouteError::UnknownZone));
+}

@@ -11,7 +11,7 @@ use super::metrics::{
     buckets, hops, theory_bound, theory_expected, Bucket, Dist, LookupSample, Purpose, Rate, ALPHA, K,
 };
 use super::plan::{Phase, Plan};
-use super::runner::Measured;
+use super::runner::{is_timeout, Measured};
 
 /// Lookup figures.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,8 +90,14 @@ pub struct Summary {
     pub call_errors: Vec<(String, usize)>,
     /// The end-of-run audit: live users' records checked.
     pub audit: Rate,
-    /// Records of live users not found at the end.
+    /// Records of live users not found at the end by a lookup that the
+    /// closest nodes answered (lookups cut short are not counted here).
     pub records_lost: usize,
+    /// Audit lookups cut short (timed out, or the closest nodes did not
+    /// answer) on every try: whether those records are still held is not
+    /// known.
+    #[serde(default)]
+    pub audit_timed_out: usize,
     /// The partition, if any.
     pub partition: Option<PartitionSummary>,
     /// log2(N), the classic bound on hops.
@@ -227,7 +233,8 @@ impl Summary {
             calls: Rate::of(m.calls.iter().filter(|c| c.phase != Phase::PartitionCross).map(|c| c.ok)),
             call_setup_ms: Dist::of(m.calls.iter().filter(|c| c.ok).map(|c| c.setup_ms)),
             call_errors: count_errors(m.calls.iter().filter_map(|c| c.error.as_deref())),
-            records_lost: audit.total - audit.ok,
+            records_lost: audit_samples.iter().filter(|l| !l.ok && !is_timeout(l.error.as_deref())).count(),
+            audit_timed_out: audit_samples.iter().filter(|l| !l.ok && is_timeout(l.error.as_deref())).count(),
             audit,
             partition,
             theory_hops_bound: theory_bound(n),
@@ -299,7 +306,16 @@ impl Summary {
             ),
             ("call success".into(), pct(&self.calls)),
             ("call set-up p50/p90/p99 ms".into(), d(&self.call_setup_ms)),
-            ("records lost (audit)".into(), format!("{} of {}", self.records_lost, self.audit.total)),
+            (
+                "records lost (audit)".into(),
+                format!(
+                    "{} of {} ({} lookups cut short {} times)",
+                    self.records_lost,
+                    self.audit.total,
+                    self.audit_timed_out,
+                    super::runner::AUDIT_TRIES
+                ),
+            ),
             (
                 "memory per node".into(),
                 format!(
