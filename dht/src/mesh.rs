@@ -143,7 +143,8 @@ pub struct LookupStats {
     /// closest to the key: it ran out of time, or fewer than the
     /// replication factor (20) of the peers it asked answered while some
     /// were still silent (past Kademlia's answer timeout; peers that
-    /// refused or failed outright do not count). Finding nothing then
+    /// refused or failed outright do not count, unless no peer asked
+    /// answered at all). Finding nothing then
     /// says the mesh was too slow or partly cut off, not that the record
     /// is absent.
     pub incomplete: bool,
@@ -922,8 +923,21 @@ impl Mesh {
 
     /// Finds `user`'s home node: one lookup of its record (cached), checked
     /// against the zone's claim (cached longer).
+    ///
+    /// A lookup the closest nodes did not all answer
+    /// ([`RouteError::Incomplete`]: a slow or churning mesh) is walked once
+    /// more before it is given up.
     pub async fn resolve(&self, user: &Address) -> Result<(PeerId, Vec<Multiaddr>), RouteError> {
-        self.resolve_with_stats(user).await.0
+        match self.resolve_with_stats(user).await.0 {
+            // A second walk that asks fewer peers (the silent ones may have
+            // left the routing table meanwhile) is no more the closest
+            // nodes' word than the first: "unknown" would be a guess.
+            Err(RouteError::Incomplete) => match self.resolve_with_stats(user).await.0 {
+                Err(RouteError::UnknownZone | RouteError::UnknownUser) => Err(RouteError::Incomplete),
+                again => again,
+            },
+            found => found,
+        }
     }
 
     /// [`Mesh::resolve`], also returning what the lookup of the user's
@@ -996,15 +1010,10 @@ impl Mesh {
     }
 
     /// Delivers `msg` to `user`'s home node, resolving it first; returns
-    /// the node it went to. A lookup the closest nodes did not all answer
-    /// is tried once more; a failed delivery drops the cached route and
+    /// the node it went to. A failed delivery drops the cached route and
     /// tries once more with a fresh lookup.
     pub async fn send(&self, user: &Address, msg: NodeToNode) -> Result<PeerId, RouteError> {
-        let (peer, addrs) = match self.resolve(user).await {
-            // The closest nodes did not all answer: one fresh walk.
-            Err(RouteError::Incomplete) => self.resolve(user).await?,
-            found => found?,
-        };
+        let (peer, addrs) = self.resolve(user).await?;
         match self.deliver(peer, addrs, msg.clone()).await {
             Ok(()) => Ok(peer),
             Err(RouteError::Unreachable(_)) => {
@@ -1433,8 +1442,10 @@ impl SwarmTask {
                 // is not the closest peers' word. Peers that refused or
                 // failed outright (a node that left) do not count: in a
                 // small mesh the walk ends with them as a matter of course.
-                // A walk stopped early found what it wanted.
-                s.incomplete |= !s.early && stats.num_pending() > 0 && (s.successes as usize) < REPLICATION;
+                // A walk stopped early found what it wanted; a walk that
+                // asked peers and heard from none has nobody's word.
+                let silent = stats.num_pending() > 0 || (s.requests > 0 && s.successes == 0);
+                s.incomplete |= !s.early && silent && (s.successes as usize) < REPLICATION;
                 let _ = reply.send((values, s));
             }
             GetDone::VerifyClaim { source, record } => self.verified(source, *record, &votes),

@@ -565,8 +565,7 @@ async fn deliver(
 }
 
 /// Resolves `user`'s home node, tells the calls service, delivers `msg`;
-/// on an unreachable node, looks again once (the node may have moved), and
-/// so on a lookup the closest nodes did not all answer.
+/// on an unreachable node, looks again once (the node may have moved).
 async fn first_delivery(
     mesh: &Mesh,
     user: &Address,
@@ -576,16 +575,7 @@ async fn first_delivery(
 ) -> Result<PeerId, dht::RouteError> {
     let mut tries = 0;
     loop {
-        let (peer, addrs) = match mesh.resolve(user).await {
-            Ok(found) => found,
-            // The closest nodes did not all answer (a slow or churning
-            // mesh): one fresh walk before the caller is told.
-            Err(dht::RouteError::Incomplete) if tries == 0 => {
-                tries += 1;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+        let (peer, addrs) = mesh.resolve(user).await?;
         let _ = calls.send(Command::PeerResolved { call: call.clone(), peer }).await;
         match mesh.deliver(peer, addrs, msg.clone()).await {
             Ok(()) => return Ok(peer),

@@ -11,7 +11,7 @@ use super::metrics::{
     buckets, hops, theory_bound, theory_expected, Bucket, Dist, LookupSample, Purpose, Rate, ALPHA, K,
 };
 use super::plan::{Phase, Plan};
-use super::runner::{is_timeout, Measured};
+use super::runner::{is_cut_short, Measured};
 
 /// Lookup figures.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,7 +97,7 @@ pub struct Summary {
     /// answer) on every try: whether those records are still held is not
     /// known.
     #[serde(default)]
-    pub audit_timed_out: usize,
+    pub audit_cut_short: usize,
     /// The partition, if any.
     pub partition: Option<PartitionSummary>,
     /// log2(N), the classic bound on hops.
@@ -233,8 +233,8 @@ impl Summary {
             calls: Rate::of(m.calls.iter().filter(|c| c.phase != Phase::PartitionCross).map(|c| c.ok)),
             call_setup_ms: Dist::of(m.calls.iter().filter(|c| c.ok).map(|c| c.setup_ms)),
             call_errors: count_errors(m.calls.iter().filter_map(|c| c.error.as_deref())),
-            records_lost: audit_samples.iter().filter(|l| !l.ok && !is_timeout(l.error.as_deref())).count(),
-            audit_timed_out: audit_samples.iter().filter(|l| !l.ok && is_timeout(l.error.as_deref())).count(),
+            records_lost: audit_samples.iter().filter(|l| !l.ok && !is_cut_short(l.error.as_deref())).count(),
+            audit_cut_short: audit_samples.iter().filter(|l| !l.ok && is_cut_short(l.error.as_deref())).count(),
             audit,
             partition,
             theory_hops_bound: theory_bound(n),
@@ -312,7 +312,7 @@ impl Summary {
                     "{} of {} ({} lookups cut short {} times)",
                     self.records_lost,
                     self.audit.total,
-                    self.audit_timed_out,
+                    self.audit_cut_short,
                     super::runner::AUDIT_TRIES
                 ),
             ),

@@ -531,7 +531,7 @@ pub(crate) const AUDIT_TRIES: usize = 3;
 /// Whether a lookup's error says it was cut short (the simulator's limit
 /// on the whole lookup, or `dht::RouteError::Incomplete`) rather than
 /// that the closest nodes had no such record.
-pub(crate) fn is_timeout(error: Option<&str>) -> bool {
+pub(crate) fn is_cut_short(error: Option<&str>) -> bool {
     let incomplete = dht::RouteError::Incomplete.to_string();
     error.is_some_and(|e| e == "timeout" || e == incomplete)
 }
@@ -548,7 +548,7 @@ async fn audit(sim: Arc<Sim>, checks: Vec<(usize, UserRef)>, t_s: f64) {
             let Ok(_permit) = limit.acquire_owned().await else { return };
             let mut r = sim.lookup(from, target).await;
             for _ in 1..AUDIT_TRIES {
-                if !is_timeout(r.1.as_deref()) {
+                if !is_cut_short(r.1.as_deref()) {
                     break;
                 }
                 r = sim.lookup(from, target).await;
