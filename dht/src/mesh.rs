@@ -143,11 +143,21 @@ pub struct LookupStats {
     /// closest to the key: it ran out of time, or fewer than the
     /// replication factor (20) of the peers it asked answered while some
     /// were still silent (past Kademlia's answer timeout; peers that
-    /// refused or failed outright do not count, unless no peer asked
-    /// answered at all). Finding nothing then
+    /// refused or failed outright do not count, unless no peer answered
+    /// at all or there was none to ask). Finding nothing then
     /// says the mesh was too slow or partly cut off, not that the record
     /// is absent.
     pub incomplete: bool,
+    /// The zone-claim query that ran beside a user lookup: requests sent
+    /// (0 when the claim came from the cache).
+    #[serde(default)]
+    pub claim_requests: u32,
+    /// Of those, requests answered.
+    #[serde(default)]
+    pub claim_successes: u32,
+    /// Claims the query returned, valid or not.
+    #[serde(default)]
+    pub claim_records: u32,
 }
 
 /// When a lookup has found enough.
@@ -459,6 +469,9 @@ struct Shared {
     handed_over: AtomicU64,
     /// Unix ms of the last complete publication; 0 before the first.
     published_at_ms: AtomicU64,
+    /// Set by [`Mesh::stop`] and when the swarm task ends: a lookup that
+    /// found nothing then says the mesh stopped, not that nothing exists.
+    stopped: AtomicBool,
     /// Whether a connected mesh peer has been identified yet (publishing
     /// waits for it rather than failing with nobody to ask).
     routable: AtomicBool,
@@ -862,9 +875,10 @@ impl Mesh {
         self.lookup_claim_timed(zone).await.0
     }
 
-    /// [`Self::lookup_claim`], also telling whether a lookup that found
-    /// nothing was incomplete.
-    async fn lookup_claim_timed(&self, zone: &ZoneName) -> (Option<SignedZoneClaim>, bool) {
+    /// [`Self::lookup_claim`], also returning the query's statistics
+    /// (whose `incomplete` tells whether a lookup that found nothing was
+    /// cut short).
+    async fn lookup_claim_timed(&self, zone: &ZoneName) -> (Option<SignedZoneClaim>, LookupStats) {
         let key = zone_key(zone);
         let now = wall_ms();
         let mut votes: HashMap<String, (usize, SignedZoneClaim)> = HashMap::new();
@@ -886,10 +900,10 @@ impl Mesh {
         }
         let Some((_, best)) = votes.into_values().max_by_key(|(n, c)| (*n, std::cmp::Reverse(c.claim.issued_at_ms)))
         else {
-            return (None, stats.incomplete);
+            return (None, stats);
         };
         lock(&self.shared.claim_cache).insert(zone.clone(), (best.clone(), Instant::now()));
-        (Some(best), false)
+        (Some(best), LookupStats { incomplete: false, ..stats })
     }
 
     /// The claim of `zone`, from the cache or the mesh.
@@ -897,15 +911,18 @@ impl Mesh {
         self.zone_claim_timed(zone).await.0
     }
 
-    /// [`Self::zone_claim`], also telling whether a lookup that found
-    /// nothing was incomplete.
-    async fn zone_claim_timed(&self, zone: &ZoneName) -> (Option<SignedZoneClaim>, bool) {
+    /// [`Self::zone_claim`], also returning the statistics of the lookup
+    /// (`None`: the claim came from the cache).
+    async fn zone_claim_timed(&self, zone: &ZoneName) -> (Option<SignedZoneClaim>, Option<LookupStats>) {
         let ttl = self.config.cache_ttl * 5;
         let cached =
             lock(&self.shared.claim_cache).get(zone).filter(|(_, at)| at.elapsed() < ttl).map(|(c, _)| c.clone());
         match cached {
-            Some(c) if c.claim.expires_at_ms > wall_ms() => (Some(c), false),
-            _ => self.lookup_claim_timed(zone).await,
+            Some(c) if c.claim.expires_at_ms > wall_ms() => (Some(c), None),
+            _ => {
+                let (claim, stats) = self.lookup_claim_timed(zone).await;
+                (claim, Some(stats))
+            }
         }
     }
 
@@ -947,6 +964,19 @@ impl Mesh {
         &self,
         user: &Address,
     ) -> (Result<(PeerId, Vec<Multiaddr>), RouteError>, Option<LookupStats>) {
+        match self.lookup_user(user).await {
+            // A lookup that a stop cut off (its swarm gone mid-walk) found
+            // nothing for that reason alone.
+            (Err(RouteError::UnknownZone | RouteError::UnknownUser | RouteError::Incomplete), stats)
+                if self.shared.stopped.load(Ordering::Acquire) =>
+            {
+                (Err(RouteError::Stopped), stats)
+            }
+            found => found,
+        }
+    }
+
+    async fn lookup_user(&self, user: &Address) -> (Result<(PeerId, Vec<Multiaddr>), RouteError>, Option<LookupStats>) {
         let cached = lock(&self.shared.user_cache)
             .get(user)
             .filter(|(_, _, at)| at.elapsed() < self.config.cache_ttl)
@@ -955,20 +985,28 @@ impl Mesh {
             return (Ok(hit), None);
         }
         let key = user_key(user);
-        let (claim, (values, stats)) =
+        let ((claim, claim_stats), (values, stats)) =
             tokio::join!(self.zone_claim_timed(&user.zone), self.get_with_stats(key.clone(), Enough::FirstValid));
+        let with_claim = |s: LookupStats| match claim_stats {
+            Some(c) => {
+                LookupStats { claim_requests: c.requests, claim_successes: c.successes, claim_records: c.records, ..s }
+            }
+            None => s,
+        };
         let claim = match claim {
-            (Some(claim), _) => claim,
-            (None, true) => return (Err(RouteError::Incomplete), Some(LookupStats { incomplete: true, ..stats })),
-            (None, false) => return (Err(RouteError::UnknownZone), Some(stats)),
+            Some(claim) => claim,
+            None if claim_stats.is_some_and(|c| c.incomplete) => {
+                return (Err(RouteError::Incomplete), Some(with_claim(LookupStats { incomplete: true, ..stats })))
+            }
+            None => return (Err(RouteError::UnknownZone), Some(with_claim(stats))),
         };
         let mut best = self.best_user_record(user, &key, values, &claim);
-        let mut stats = stats;
+        let mut stats = with_claim(stats);
         if best.is_none() && stats.early {
             // The first answer did not hold up against the zone's claim (a
             // stale or forged record): ask every one of the closest peers.
             let (values, full) = self.get_with_stats(key.clone(), Enough::All).await;
-            stats = full;
+            stats = with_claim(full);
             best = self.best_user_record(user, &key, values, &claim);
         }
         let Some(rec) = best else {
@@ -1066,6 +1104,7 @@ impl Mesh {
     /// Stops the swarm: its connections close and its listeners go away.
     /// The handle (and its clones) then answer [`RouteError::Stopped`].
     pub async fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::Release);
         let _ = self.cmd.send(Cmd::Stop).await;
     }
 
@@ -1180,6 +1219,7 @@ impl SwarmTask {
                 _ = handoff.tick() => self.hand_over(),
             }
         }
+        self.shared.stopped.store(true, Ordering::Release);
         debug!("mesh swarm stopped");
     }
 
@@ -1443,8 +1483,9 @@ impl SwarmTask {
                 // failed outright (a node that left) do not count: in a
                 // small mesh the walk ends with them as a matter of course.
                 // A walk stopped early found what it wanted; a walk that
-                // asked peers and heard from none has nobody's word.
-                let silent = stats.num_pending() > 0 || (s.requests > 0 && s.successes == 0);
+                // heard from no peer (or had none to ask: a node cut off
+                // from the mesh, its routing table empty) has nobody's word.
+                let silent = stats.num_pending() > 0 || s.successes == 0;
                 s.incomplete |= !s.early && silent && (s.successes as usize) < REPLICATION;
                 let _ = reply.send((values, s));
             }

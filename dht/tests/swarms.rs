@@ -227,11 +227,20 @@ async fn a_lookup_that_no_node_answered_says_so() {
     let c = start("c", 23, vec![boot.clone()]).await;
     let d = start("d", 24, vec![boot]).await;
     until("d knows c", || async {
-        d.mesh.resolve(&Address::parse("x@c").unwrap()).await != Err(RouteError::UnknownZone)
+        d.mesh.resolve(&Address::parse("x@c").unwrap()).await == Err(RouteError::UnknownUser)
     })
     .await;
     c.mesh.stop().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(d.mesh.resolve(&Address::parse("x@nowhere").unwrap()).await, Err(RouteError::UnknownZone));
     assert_eq!(b.mesh.resolve(&Address::parse("x@nowhere").unwrap()).await, Err(RouteError::UnknownZone));
+
+    // A node that knows no peer at all (cut off from the mesh) has asked
+    // nobody: it cannot say the zone does not exist.
+    let lone = start("lone", 25, vec![]).await;
+    assert_eq!(lone.mesh.resolve(&Address::parse("x@nowhere").unwrap()).await, Err(RouteError::Incomplete));
+
+    // A stopped mesh says so; a lookup it cut off is no verdict either.
+    d.mesh.stop().await;
+    assert_eq!(d.mesh.resolve(&Address::parse("x@nowhere").unwrap()).await, Err(RouteError::Stopped));
 }

@@ -175,11 +175,10 @@ async fn browsers_on_two_zones_call_across_the_mesh() -> Result<()> {
         match ev {
             // Offline: clot answered for ferran, who has no device yet.
             NodeToClient::Ended { reason: EndReason::Offline, .. } => break,
-            NodeToClient::Ended { reason: EndReason::UnknownZone | EndReason::UnknownUser, .. }
-                if tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(300)).await
-            }
+            NodeToClient::Ended {
+                reason: EndReason::UnknownZone | EndReason::UnknownUser | EndReason::UnreachableZone,
+                ..
+            } if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(300)).await,
             other => bail!("mesh not ready: {other:?}"),
         }
     }

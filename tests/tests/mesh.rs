@@ -64,9 +64,10 @@ async fn call_when_reachable(caller: &mut Device, to: &str) -> Result<CallId> {
             .await?;
         match ev {
             NodeToClient::Ringing { .. } => return Ok(call),
-            NodeToClient::Ended { reason: EndReason::UnknownZone | EndReason::UnknownUser, .. }
-                if tokio::time::Instant::now() < deadline =>
-            {
+            NodeToClient::Ended {
+                reason: EndReason::UnknownZone | EndReason::UnknownUser | EndReason::UnreachableZone,
+                ..
+            } if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             other => bail!("calling {to}: {other:?}"),

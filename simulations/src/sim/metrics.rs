@@ -56,6 +56,18 @@ pub struct LookupSample {
     /// claim and every user) by then.
     #[serde(default)]
     pub target_published: bool,
+    /// Simulated seconds since the asking node (re)started (`None`: it was
+    /// not running).
+    #[serde(default)]
+    pub asker_up_s: Option<f64>,
+    /// The zone-claim query beside it: requests, answers and claims
+    /// returned (all 0 when the claim came from the cache).
+    #[serde(default)]
+    pub claim: (u32, u32, u32),
+    /// After a failed lookup, what its asker knew of the mesh: entries in
+    /// its routing table and peers connected.
+    #[serde(default)]
+    pub asker_view: Option<(u32, u32)>,
 }
 
 /// One call.

@@ -426,12 +426,12 @@ pub fn write_files(dir: &Path, plan: &Plan, m: &Measured, summary: &Summary) -> 
     std::fs::write(dir.join("summary.json"), serde_json::to_vec_pretty(summary).unwrap_or_default())?;
     std::fs::write(dir.join("report.md"), summary.markdown(plan))?;
     let mut l = String::from(
-        "t_s,purpose,phase,ok,error,latency_ms,first_ms,requests,requests_to_first,hops,failures,late_ms,target_up_s,target_published\n",
+        "t_s,purpose,phase,ok,error,latency_ms,first_ms,requests,requests_to_first,hops,failures,late_ms,target_up_s,target_published,asker_up_s,claim_requests,claim_successes,claim_records,asker_table,asker_peers\n",
     );
     for x in &m.lookups {
         let _ = writeln!(
             l,
-            "{:.3},{:?},{:?},{},{},{:.1},{},{},{},{},{},{:.1},{},{}",
+            "{:.3},{:?},{:?},{},{},{:.1},{},{},{},{},{},{:.1},{},{},{},{},{},{},{},{}",
             x.t_s,
             x.purpose,
             x.phase,
@@ -445,7 +445,13 @@ pub fn write_files(dir: &Path, plan: &Plan, m: &Measured, summary: &Summary) -> 
             x.failures,
             x.late_ms,
             csv_opt(x.target_up_s.map(|s| (s * 10.0).round() / 10.0)),
-            x.target_published
+            x.target_published,
+            csv_opt(x.asker_up_s.map(|s| (s * 10.0).round() / 10.0)),
+            x.claim.0,
+            x.claim.1,
+            x.claim.2,
+            csv_opt(x.asker_view.map(|v| v.0)),
+            csv_opt(x.asker_view.map(|v| v.1))
         );
     }
     std::fs::write(dir.join("lookups.csv"), l)?;

@@ -184,33 +184,41 @@ impl Sim {
         }
     }
 
-    /// The target's node as a lookup starts: simulated seconds since it
-    /// (re)started, and whether the mesh had acknowledged its records since.
-    fn target_state(&self, i: usize) -> (Option<f64>, bool) {
+    /// The two nodes of a lookup as it starts: simulated seconds since each
+    /// (re)started, and whether the mesh had acknowledged the target's
+    /// records since.
+    fn lookup_state(&self, from: usize, target: usize) -> LookupState {
         let nodes = lock(&self.nodes);
-        let Some(Some(n)) = nodes.get(i) else { return (None, false) };
-        (Some(self.sim_ms(n.started.elapsed()) / 1e3), n.mesh.published_at_ms().is_some())
+        let up = |i: usize| nodes.get(i).and_then(Option::as_ref).map(|n| self.sim_ms(n.started.elapsed()) / 1e3);
+        let published = nodes.get(target).and_then(Option::as_ref).is_some_and(|n| n.mesh.published_at_ms().is_some());
+        LookupState { target_up_s: up(target), target_published: published, asker_up_s: up(from), asker_view: None }
     }
 
     /// Resolves `target` from node `from`, timed.
     async fn lookup(&self, from: usize, target: UserRef) -> LookupResult {
-        let state = self.target_state(target.node);
+        let mut state = self.lookup_state(from, target.node);
         let Some(mesh) = self.mesh(from) else { return (false, Some("asker down".into()), 0.0, None, state) };
         let Ok(addr) = self.user(target) else { return (false, Some("bad user".into()), 0.0, None, state) };
         let t = Instant::now();
         let timeout = self.wall(self.plan.scenario.lookup_timeout_s);
-        match tokio::time::timeout(timeout, mesh.resolve_with_stats(&addr)).await {
+        let (ok, error, latency_ms, st) = match tokio::time::timeout(timeout, mesh.resolve_with_stats(&addr)).await {
             Ok((Ok((peer, _)), st)) => {
                 let ok = peer == self.peers[target.node];
-                (ok, (!ok).then(|| "wrong node".to_string()), self.sim_ms(t.elapsed()), st, state)
+                (ok, (!ok).then(|| "wrong node".to_string()), self.sim_ms(t.elapsed()), st)
             }
-            Ok((Err(e), st)) => (false, Some(e.to_string()), self.sim_ms(t.elapsed()), st, state),
-            Err(_) => (false, Some("timeout".into()), self.sim_ms(t.elapsed()), None, state),
+            Ok((Err(e), st)) => (false, Some(e.to_string()), self.sim_ms(t.elapsed()), st),
+            Err(_) => (false, Some("timeout".into()), self.sim_ms(t.elapsed()), None),
+        };
+        if !ok {
+            // What the asker knew of the mesh when it gave up.
+            let status = mesh.status().await;
+            state.asker_view = Some((status.routing_table as u32, status.peers.len() as u32));
         }
+        (ok, error, latency_ms, st, state)
     }
 
     fn record_lookup(&self, t_s: f64, purpose: Purpose, phase: Phase, late_ms: f64, r: LookupResult) {
-        let (ok, error, latency_ms, st, (target_up_s, target_published)) = r;
+        let (ok, error, latency_ms, st, LookupState { target_up_s, target_published, asker_up_s, asker_view }) = r;
         let st = st.unwrap_or_default();
         lock(&self.lookups).push(LookupSample {
             t_s,
@@ -226,6 +234,9 @@ impl Sim {
             late_ms,
             target_up_s,
             target_published,
+            asker_up_s,
+            claim: (st.claim_requests, st.claim_successes, st.claim_records),
+            asker_view,
         });
     }
 
@@ -265,8 +276,18 @@ impl Sim {
 }
 
 /// Found the right node, why not, latency (simulated ms), the query's
-/// statistics, and the target's state (see `Sim::target_state`).
-type LookupResult = (bool, Option<String>, f64, Option<dht::LookupStats>, (Option<f64>, bool));
+/// statistics, and the state of its two nodes (see `Sim::lookup_state`).
+type LookupResult = (bool, Option<String>, f64, Option<dht::LookupStats>, LookupState);
+
+/// The nodes of a lookup as it started.
+struct LookupState {
+    target_up_s: Option<f64>,
+    target_published: bool,
+    asker_up_s: Option<f64>,
+    /// A failed lookup's asker afterwards: routing-table entries, peers
+    /// connected.
+    asker_view: Option<(u32, u32)>,
+}
 
 /// Answers other nodes' signalling as a node would: every message gets a
 /// `Delivered` receipt; an invite is then accepted (the callee's node sends
