@@ -718,10 +718,13 @@ impl Mesh {
     async fn get_with_stats(&self, key: Vec<u8>, enough: Enough) -> (Vec<Vec<u8>>, LookupStats) {
         self.shared.lookups.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
+        // A swarm that is gone (stopped, before or during the walk) asked
+        // nobody: that is a lookup cut short, not an answer.
+        let gone = || (Vec::new(), LookupStats { incomplete: true, ..LookupStats::default() });
         if self.cmd.send(Cmd::Get { key, enough, reply }).await.is_err() {
-            return Default::default();
+            return gone();
         }
-        let found = rx.await.unwrap_or_default();
+        let found = rx.await.unwrap_or_else(|_| gone());
         if found.0.is_empty() {
             self.shared.failed_lookups.fetch_add(1, Ordering::Relaxed);
         }
@@ -872,13 +875,13 @@ impl Mesh {
     }
 
     async fn lookup_claim(&self, zone: &ZoneName) -> Option<SignedZoneClaim> {
-        self.lookup_claim_timed(zone).await.0
+        self.lookup_claim_with_stats(zone).await.0
     }
 
     /// [`Self::lookup_claim`], also returning the query's statistics
     /// (whose `incomplete` tells whether a lookup that found nothing was
     /// cut short).
-    async fn lookup_claim_timed(&self, zone: &ZoneName) -> (Option<SignedZoneClaim>, LookupStats) {
+    async fn lookup_claim_with_stats(&self, zone: &ZoneName) -> (Option<SignedZoneClaim>, LookupStats) {
         let key = zone_key(zone);
         let now = wall_ms();
         let mut votes: HashMap<String, (usize, SignedZoneClaim)> = HashMap::new();
@@ -908,19 +911,19 @@ impl Mesh {
 
     /// The claim of `zone`, from the cache or the mesh.
     pub async fn zone_claim(&self, zone: &ZoneName) -> Option<SignedZoneClaim> {
-        self.zone_claim_timed(zone).await.0
+        self.zone_claim_with_stats(zone).await.0
     }
 
     /// [`Self::zone_claim`], also returning the statistics of the lookup
     /// (`None`: the claim came from the cache).
-    async fn zone_claim_timed(&self, zone: &ZoneName) -> (Option<SignedZoneClaim>, Option<LookupStats>) {
+    async fn zone_claim_with_stats(&self, zone: &ZoneName) -> (Option<SignedZoneClaim>, Option<LookupStats>) {
         let ttl = self.config.cache_ttl * 5;
         let cached =
             lock(&self.shared.claim_cache).get(zone).filter(|(_, at)| at.elapsed() < ttl).map(|(c, _)| c.clone());
         match cached {
             Some(c) if c.claim.expires_at_ms > wall_ms() => (Some(c), None),
             _ => {
-                let (claim, stats) = self.lookup_claim_timed(zone).await;
+                let (claim, stats) = self.lookup_claim_with_stats(zone).await;
                 (claim, Some(stats))
             }
         }
@@ -965,11 +968,9 @@ impl Mesh {
         user: &Address,
     ) -> (Result<(PeerId, Vec<Multiaddr>), RouteError>, Option<LookupStats>) {
         match self.lookup_user(user).await {
-            // A lookup that a stop cut off (its swarm gone mid-walk) found
-            // nothing for that reason alone.
-            (Err(RouteError::UnknownZone | RouteError::UnknownUser | RouteError::Incomplete), stats)
-                if self.shared.stopped.load(Ordering::Acquire) =>
-            {
+            // A lookup that a stop cut off (its swarm gone mid-walk) ended
+            // incomplete for that reason alone.
+            (Err(RouteError::Incomplete), stats) if self.shared.stopped.load(Ordering::Acquire) => {
                 (Err(RouteError::Stopped), stats)
             }
             found => found,
@@ -986,7 +987,7 @@ impl Mesh {
         }
         let key = user_key(user);
         let ((claim, claim_stats), (values, stats)) =
-            tokio::join!(self.zone_claim_timed(&user.zone), self.get_with_stats(key.clone(), Enough::FirstValid));
+            tokio::join!(self.zone_claim_with_stats(&user.zone), self.get_with_stats(key.clone(), Enough::FirstValid));
         let with_claim = |s: LookupStats| match claim_stats {
             Some(c) => {
                 LookupStats { claim_requests: c.requests, claim_successes: c.successes, claim_records: c.records, ..s }
