@@ -1,4 +1,4 @@
-//! The composed libp2p behaviour of a zone node and its signalling protocol.
+//! The composed libp2p behaviour of a zone node and its service protocol.
 
 use std::time::Duration;
 
@@ -6,39 +6,19 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{autonat, connection_limits, dcutr, identify, identity, kad, mdns, ping, relay, PeerId, StreamProtocol};
-use serde::{Deserialize, Serialize};
-use signalling::NodeToNode;
+use signalling::service::{NodeReply, NodeRequest};
 
 use crate::store::PersistentStore;
 
 /// The Kademlia protocol name: Xarxa's own DHT, apart from any other.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/xarxa/kad/1.0.0");
-/// The inter-node signalling protocol.
-pub const SIGNAL_PROTOCOL: StreamProtocol = StreamProtocol::new("/xarxa/signal/1");
+/// The node-to-node service protocol: one [`NodeRequest`] per request, one
+/// [`NodeReply`] per response (see [`crate::service`]).
+pub const SERVICE_PROTOCOL: StreamProtocol = StreamProtocol::new("/xarxa/service/1");
 /// The identify protocol version string.
 pub const IDENTIFY_VERSION: &str = "/xarxa/id/1.0.0";
-/// Largest signalling request, in bytes.
-pub const MAX_SIGNAL_BYTES: u64 = 64 * 1024;
-
-/// One signalling request between nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// The message.
-    pub msg: NodeToNode,
-}
-
-/// The delivery receipt answering an [`Envelope`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "receipt", rename_all = "snake_case")]
-pub enum Receipt {
-    /// The receiving node took the message.
-    Delivered,
-    /// The receiving node refused it (unknown call, wrong sender, …).
-    Refused {
-        /// Why.
-        reason: String,
-    },
-}
+/// Largest service request or reply, in bytes (envelope included).
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 
 /// Everything a zone node speaks on the mesh.
 #[derive(NetworkBehaviour)]
@@ -51,8 +31,8 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     /// Liveness.
     pub ping: ping::Behaviour,
-    /// Call signalling between nodes.
-    pub signal: request_response::json::Behaviour<Envelope, Receipt>,
+    /// Requests between the nodes' services (calls, and what comes next).
+    pub service: request_response::json::Behaviour<NodeRequest, NodeReply>,
     /// Reaching nodes behind NAT through a relay.
     pub relay_client: relay::client::Behaviour,
     /// Serving as a relay for others (optional).
@@ -74,7 +54,7 @@ pub struct BehaviourConfig {
     pub mdns: bool,
     /// Established connections in total.
     pub max_connections: u32,
-    /// How long a signalling request may take (also a Kademlia request:
+    /// How long a service request may take (also a Kademlia request:
     /// a peer that does not answer in this time counts as failed, and the
     /// query goes on without it).
     pub request_timeout: Duration,
@@ -113,11 +93,11 @@ impl Behaviour {
             .with_max_established_per_peer(Some(4))
             .with_max_pending_incoming(Some(64));
         let codec = request_response::json::codec::Codec::default()
-            .set_request_size_maximum(MAX_SIGNAL_BYTES)
-            .set_response_size_maximum(4 * 1024);
-        let signal = request_response::Behaviour::with_codec(
+            .set_request_size_maximum(MAX_REQUEST_BYTES)
+            .set_response_size_maximum(MAX_REQUEST_BYTES);
+        let service = request_response::Behaviour::with_codec(
             codec,
-            [(SIGNAL_PROTOCOL, ProtocolSupport::Full)],
+            [(SERVICE_PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default()
                 .with_request_timeout(config.request_timeout)
                 .with_max_concurrent_streams(256),
@@ -142,7 +122,7 @@ impl Behaviour {
                     .with_interval(stretch(Duration::from_secs(15)))
                     .with_timeout(stretch(Duration::from_secs(20))),
             ),
-            signal,
+            service,
             relay_client,
             relay: Toggle::from(relay),
             dcutr: dcutr::Behaviour::new(peer),

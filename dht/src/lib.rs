@@ -8,10 +8,14 @@
 //!   every record it is asked to store and every record a lookup returns.
 //! - [`store`]: the Kademlia record store, persisted in sled.
 //! - [`behaviour`]: the composed [`behaviour::Behaviour`] and the
-//!   `/xarxa/signal/1` request-response protocol (a [`signalling::NodeToNode`]
-//!   message per request, a delivery receipt per response).
-//! - [`mesh`]: the swarm task and the [`Mesh`] handle: publish, resolve,
-//!   deliver, status.
+//!   `/xarxa/service/1` request-response protocol (a
+//!   [`signalling::service::NodeRequest`] per request, a
+//!   [`signalling::service::NodeReply`] per response).
+//! - [`mesh`]: the swarm task and the [`Mesh`] handle, a module per job:
+//!   lookups, publishing, hand-over, offered records, status.
+//! - [`service`]: the node-to-node service layer every feature's requests
+//!   between nodes travel on: typed, versioned envelopes, authentication of
+//!   the sending node, per-peer limits, delivery with receipt and retry.
 //! - [`netem`]: an emulated in-memory network (latency, loss, bandwidth,
 //!   partitions, crashes, NAT) that the simulator runs many swarms on.
 //!
@@ -21,8 +25,8 @@
 //! renew; an unrenewed claim lapses) and publishes one record per local
 //! user, both renewed every `republish`. To call `bob@sants`, the caller's
 //! node resolves `bob@sants` (one lookup, cached, checked against the
-//! cached claim of `sants`) and sends the call's messages to that node; the
-//! callee's node answers to the peer that invited it.
+//! cached claim of `sants`) and sends the call's requests to that node's
+//! calls service; the callee's node answers to the peer that invited it.
 
 // The derive macro generates an undocumented event enum; the module's own
 // items are documented.
@@ -33,8 +37,8 @@ pub mod netem;
 pub mod record;
 pub mod store;
 
-pub use behaviour::{Envelope, Receipt};
+pub use mesh::service;
 pub use mesh::{
-    ClaimState, Inbound, LookupStats, Mesh, MeshConfig, MeshError, MeshStatus, Network, Responder, RouteError,
+    ClaimState, Inbound, Incoming, LookupStats, Mesh, MeshConfig, MeshError, MeshStatus, Network, Responder, RouteError,
 };
 pub use record::{MeshRecord, RecordError, RejectionCounts};

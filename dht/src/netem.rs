@@ -790,13 +790,14 @@ mod swarm_tests {
     async fn node(net: &Arc<Netem>, i: u8, boot: Option<(u64, crate::mesh::PeerId)>) -> (Mesh, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let tree = sled::open(dir.path()).unwrap().open_tree("mesh").unwrap();
-        let mut c = MeshConfig::new(ZoneName::parse(&format!("z{i}")).unwrap());
+        let mut c = MeshConfig::default();
         c.listen = vec![memory_addr(u64::from(i))];
         c.bootstrap = boot.into_iter().map(|(p, id)| format!("/memory/{p}/p2p/{id}").parse().unwrap()).collect();
         c.mdns = false;
         c.cache_ttl = Duration::ZERO;
         c.network = Network::Simulated(net.clone());
-        let (mesh, _inbound) = Mesh::start(SigningKey::from_bytes(&[i; 32]), tree, c).await.unwrap();
+        let zone = ZoneName::parse(&format!("z{i}")).unwrap();
+        let mesh = Mesh::start(SigningKey::from_bytes(&[i; 32]), tree, zone, c).await.unwrap();
         (mesh, dir)
     }
 

@@ -1,24 +1,25 @@
 //! Real swarms on loopback TCP: records are published, resolved and
-//! validated, and signalling is delivered with receipts.
+//! validated, and service requests are delivered with receipts,
+//! authenticated and limited by the service layer.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use dht::record::{node_hex, UserRecord, ZoneClaim};
-use dht::{ClaimState, Inbound, Mesh, MeshConfig, MeshRecord, Receipt, RouteError};
+use dht::{ClaimState, Incoming, Mesh, MeshConfig, MeshRecord, RouteError};
 use ed25519_dalek::SigningKey;
 use libp2p::Multiaddr;
+use signalling::service::{CallService, Refusal, Service};
 use signalling::{Address, CallId, Media, NodeToNode, UserName, ZoneName};
-use tokio::sync::mpsc;
 
 struct Node {
     mesh: Mesh,
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: Incoming<CallService>,
     _dir: tempfile::TempDir,
 }
 
-fn config(zone: &str, bootstrap: Vec<Multiaddr>) -> MeshConfig {
-    let mut c = MeshConfig::new(ZoneName::parse(zone).unwrap());
+fn config(bootstrap: Vec<Multiaddr>) -> MeshConfig {
+    let mut c = MeshConfig::default();
     c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     c.bootstrap = bootstrap;
     c.mdns = false;
@@ -29,13 +30,15 @@ fn config(zone: &str, bootstrap: Vec<Multiaddr>) -> MeshConfig {
 }
 
 async fn start(zone: &str, seed: u8, bootstrap: Vec<Multiaddr>) -> Node {
-    start_with(seed, config(zone, bootstrap)).await
+    start_with(zone, seed, config(bootstrap)).await
 }
 
-async fn start_with(seed: u8, config: MeshConfig) -> Node {
+async fn start_with(zone: &str, seed: u8, config: MeshConfig) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let tree = sled::open(dir.path()).unwrap().open_tree("mesh").unwrap();
-    let (mesh, inbound) = Mesh::start(SigningKey::from_bytes(&[seed; 32]), tree, config).await.unwrap();
+    let zone = ZoneName::parse(zone).unwrap();
+    let mesh = Mesh::start(SigningKey::from_bytes(&[seed; 32]), tree, zone, config).await.unwrap();
+    let inbound = mesh.serve::<CallService>(64).unwrap();
     Node { mesh, inbound, _dir: dir }
 }
 
@@ -85,13 +88,15 @@ async fn publish_resolve_deliver_and_refuse_forgeries() {
     let sender = c.mesh.clone();
     let bob2 = bob.clone();
     let inv = invite.clone();
-    let sending = tokio::spawn(async move { sender.send(&bob2, inv).await });
+    let carol = UserName::parse("carol").unwrap();
+    let sending = tokio::spawn(async move { sender.send::<CallService>(&bob2, Some(&carol), &inv).await });
     let got = tokio::time::timeout(Duration::from_secs(10), b.inbound.recv()).await.unwrap().unwrap();
-    assert_eq!((got.peer, &got.msg), (c.mesh.peer_id(), &invite));
+    assert_eq!((got.peer, &got.request), (c.mesh.peer_id(), &invite));
+    assert_eq!(got.acting_for(), Some(Address::parse("carol@c").unwrap()));
     assert!(b.mesh.holds_zone(got.peer, &ZoneName::parse("c").unwrap()).await);
     assert!(!b.mesh.holds_zone(got.peer, &ZoneName::parse("a").unwrap()).await);
-    got.reply.send(Receipt::Delivered).await;
-    assert_eq!(sending.await.unwrap(), Ok(b.mesh.peer_id()));
+    got.reply.ok(()).await;
+    assert_eq!(sending.await.unwrap(), Ok((b.mesh.peer_id(), ())));
 
     // A rogue node with its own key: claims b, plants bob@b, replays.
     let rogue_key = SigningKey::from_bytes(&[66; 32]);
@@ -137,10 +142,10 @@ async fn time_scale_stretches_record_lifetimes_and_bad_scales_are_refused() {
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1000.0] {
         let dir = tempfile::tempdir().unwrap();
         let tree = sled::open(dir.path()).unwrap().open_tree("mesh").unwrap();
-        let mut c = config("s", vec![]);
+        let mut c = config(vec![]);
         c.time_scale = bad;
-        let err = Mesh::start(SigningKey::from_bytes(&[9; 32]), tree, c).await.err();
-        assert!(matches!(err, Some(dht::MeshError::Config(_))), "time_scale {bad}: {err:?}");
+        let err = Mesh::start(SigningKey::from_bytes(&[9; 32]), tree, ZoneName::parse("s").unwrap(), c).await.err();
+        assert!(matches!(err, Some(dht::MeshError::Config { .. })), "time_scale {bad}: {err:?}");
     }
     // A node on a clock stretched 3 times signs its claim for 3 times the
     // configured lifetime (in wall-clock time); another node finds it.
@@ -148,12 +153,12 @@ async fn time_scale_stretches_record_lifetimes_and_bad_scales_are_refused() {
     let boot = addr_of(&a).await;
     let dir = tempfile::tempdir().unwrap();
     let tree = sled::open(dir.path()).unwrap().open_tree("mesh").unwrap();
-    let mut c = config("s", vec![boot]);
+    let mut c = config(vec![boot]);
     c.claim_ttl = Duration::from_secs(100);
     c.time_scale = 3.0;
     assert_eq!(c.stretch(Duration::from_secs(2)), Duration::from_secs(6));
-    let (_mesh, _inbound) = Mesh::start(SigningKey::from_bytes(&[9; 32]), tree, c).await.unwrap();
     let zone = ZoneName::parse("s").unwrap();
+    let _mesh = Mesh::start(SigningKey::from_bytes(&[9; 32]), tree, zone.clone(), c).await.unwrap();
     until("the zone is claimed", || async { a.mesh.zone_claim(&zone).await.is_some() }).await;
     let claim = a.mesh.zone_claim(&zone).await.unwrap().claim;
     assert_eq!(claim.expires_at_ms - claim.issued_at_ms, 300_000);
@@ -166,18 +171,17 @@ async fn time_scale_stretches_record_lifetimes_and_bad_scales_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newcomers_are_handed_records_and_keep_them_when_the_first_holders_leave() {
     // Nobody renews during the test: whatever the newcomers hold, they were handed.
-    let quiet =
-        |zone: &str, boot: Vec<Multiaddr>| MeshConfig { republish: Duration::from_secs(3600), ..config(zone, boot) };
-    let a = start_with(1, quiet("a", vec![])).await;
+    let quiet = |boot: Vec<Multiaddr>| MeshConfig { republish: Duration::from_secs(3600), ..config(boot) };
+    let a = start_with("a", 1, quiet(vec![])).await;
     let boot = addr_of(&a).await;
-    let b = start_with(2, quiet("b", vec![boot.clone()])).await;
+    let b = start_with("b", 2, quiet(vec![boot.clone()])).await;
     let bob = Address::parse("bob@b").unwrap();
     b.mesh.publish_user(UserName::parse("bob").unwrap()).await;
     until("bob@b resolvable from a", || async { a.mesh.resolve(&bob).await.is_ok() }).await;
 
-    let d = start_with(4, quiet("d", vec![boot.clone()])).await;
+    let d = start_with("d", 4, quiet(vec![boot.clone()])).await;
     let d_addr = addr_of(&d).await;
-    let e = start_with(5, quiet("e", vec![d_addr])).await;
+    let e = start_with("e", 5, quiet(vec![d_addr])).await;
     // d holds its own claim, and was handed a's and b's claims and bob's record.
     until("the newcomers are handed the records", || async {
         d.mesh.status().await.stored_records >= 4 && e.mesh.status().await.stored_records >= 4
@@ -243,4 +247,71 @@ async fn a_lookup_that_no_node_answered_says_so() {
     // A stopped mesh says so; a lookup it cut off is no verdict either.
     d.mesh.stop().await;
     assert_eq!(d.mesh.resolve(&Address::parse("x@nowhere").unwrap()).await, Err(RouteError::Stopped));
+}
+
+/// A throw-away service, defined here and nowhere else: a new service is a
+/// [`Service`] type and a handler, with no change to the mesh.
+struct Echo;
+
+impl Service for Echo {
+    const NAME: &'static str = "echo";
+    const MAX_BYTES: usize = 64;
+    type Request = String;
+    type Reply = String;
+}
+
+/// The service layer answers a new service's requests, and refuses — by
+/// stable cause, counted — what is not for it: a service the node does not
+/// run, a body over the service's size, a sender that does not hold the
+/// zone it speaks for, and a sender over its request rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_service_needs_no_change_to_the_mesh_and_the_layer_refuses_by_cause() {
+    let a = start("a", 31, vec![]).await;
+    let boot = addr_of(&a).await;
+    let b = start_with("b", 32, MeshConfig { peer_requests_per_second: 5, ..config(vec![boot.clone()]) }).await;
+    let c = start("c", 33, vec![boot.clone()]).await;
+    let mut echo = b.mesh.serve::<Echo>(16).unwrap();
+    assert!(matches!(b.mesh.serve::<Echo>(16), Err(dht::MeshError::ServiceTaken("echo"))));
+    let server = tokio::spawn(async move {
+        while let Some(req) = echo.recv().await {
+            let said = format!("{} says {}", req.zone, req.request);
+            req.reply.ok(said).await;
+        }
+    });
+    b.mesh.publish_user(UserName::parse("bob").unwrap()).await;
+    let bob = Address::parse("bob@b").unwrap();
+    until("bob@b resolvable from c", || async { c.mesh.resolve(&bob).await.is_ok() }).await;
+    let (peer, said) = c.mesh.send::<Echo>(&bob, None, &"hi".to_string()).await.unwrap();
+    assert_eq!((peer, said.as_str()), (b.mesh.peer_id(), "c says hi"));
+
+    let refused = |r: Result<String, RouteError>| match r {
+        Err(RouteError::Refused { code, .. }) => Some(code),
+        _ => None,
+    };
+    // Only a does not run echo.
+    let to_a = c.mesh.send_to::<Echo>(a.mesh.peer_id(), None, &"hi".to_string()).await;
+    assert_eq!(refused(to_a), Some(Refusal::UnknownService));
+    let big = "x".repeat(100);
+    assert_eq!(refused(c.mesh.send_to::<Echo>(peer, None, &big).await), Some(Refusal::TooLarge));
+    // A rogue speaking for b, whose claim b holds.
+    let rogue = start("b", 34, vec![boot]).await;
+    until("rogue sees the zone taken", || async {
+        matches!(rogue.mesh.status().await.claim, ClaimState::Taken { .. })
+    })
+    .await;
+    assert_eq!(refused(rogue.mesh.send_to::<Echo>(peer, None, &"hi".to_string()).await), Some(Refusal::Unauthorised));
+    // c's burst of twice 5 per second is spent well within these 30.
+    let mut limited = 0u64;
+    for _ in 0..30 {
+        limited += u64::from(
+            refused(c.mesh.send_to::<Echo>(peer, None, &"hi".to_string()).await) == Some(Refusal::RateLimited),
+        );
+    }
+    assert!(limited > 0, "no request of 30 was rate-limited");
+    let counts = b.mesh.status().await.refused_requests;
+    assert_eq!(counts.get(&Refusal::TooLarge), Some(&1));
+    assert_eq!(counts.get(&Refusal::Unauthorised), Some(&1));
+    assert_eq!(counts.get(&Refusal::RateLimited), Some(&limited));
+    assert_eq!(a.mesh.status().await.refused_requests.get(&Refusal::UnknownService), Some(&1));
+    server.abort();
 }

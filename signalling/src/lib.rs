@@ -6,6 +6,10 @@
 //!   ([`ClientToNode`], [`NodeToClient`]), history entries and notices.
 //! - [`switchboard`]: [`Switchboard`], the sans-IO call state machine of one
 //!   node: devices online, calls ringing and connected, timers.
+//! - [`service`]: node to node: the versioned envelope every request
+//!   between zone nodes travels in, the [`service::Service`] trait a
+//!   feature's node-to-node messages implement, and the first services
+//!   (calls, node).
 //!
 //! # The model
 //!
@@ -50,6 +54,7 @@
 
 pub mod address;
 pub mod msg;
+pub mod service;
 pub mod switchboard;
 
 pub use address::{Address, AddressError, UserName, ZoneName};

@@ -231,11 +231,11 @@ async fn rogue_records_are_refused_and_calls_reach_the_real_user() -> Result<()>
     let dir = tempfile::tempdir()?;
     let tree = sled::open(dir.path())?.open_tree("mesh")?;
     let rogue_key = SigningKey::from_bytes(&[0x66; 32]);
-    let mut config = MeshConfig::new(ZoneName::parse("r1")?);
+    let mut config = MeshConfig::default();
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     config.bootstrap = n0.info().mesh.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
     config.mdns = false;
-    let (rogue, _inbound) = Mesh::start(rogue_key.clone(), tree, config).await?;
+    let rogue = Mesh::start(rogue_key.clone(), tree, ZoneName::parse("r1")?, config).await?;
     let bob_addr = Address::parse(&bob.address)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !matches!(rogue.status().await.claim, ClaimState::Taken { .. }) {

@@ -17,6 +17,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use signalling::service::CallService;
 use signalling::{Address, CallId, Media, NodeToNode, UserName, ZoneName};
 use tokio::sync::Semaphore;
 
@@ -139,7 +140,7 @@ pub async fn run(o: &MultiOptions, progress: bool) -> anyhow::Result<MultiSummar
     // The observer.
     let dir = tempfile::tempdir()?;
     let tree = sled::open(dir.path())?.open_tree("mesh")?;
-    let mut c = MeshConfig::new(ZoneName::parse("observer")?);
+    let mut c = MeshConfig::default();
     c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed ^ 0x0b5e);
     let mut boot: Vec<Multiaddr> =
@@ -152,10 +153,11 @@ pub async fn run(o: &MultiOptions, progress: bool) -> anyhow::Result<MultiSummar
     c.request_timeout = Duration::from_secs(5);
     let mut key = [0u8; 32];
     rng.fill(&mut key);
-    let (observer, mut inbound) = Mesh::start(SigningKey::from_bytes(&key), tree, c).await?;
+    let observer = Mesh::start(SigningKey::from_bytes(&key), tree, ZoneName::parse("observer")?, c).await?;
+    let mut inbound = observer.serve::<CallService>(1024)?;
     tokio::spawn(async move {
         while let Some(m) = inbound.recv().await {
-            m.reply.send(dht::Receipt::Delivered).await;
+            m.reply.ok(()).await;
         }
     });
     let setup_s = t0.elapsed().as_secs_f64();
@@ -198,8 +200,11 @@ pub async fn run(o: &MultiOptions, progress: bool) -> anyhow::Result<MultiSummar
                     to: addr.clone(),
                     media: Media { audio: true, video: false },
                 };
-                match tokio::time::timeout(Duration::from_secs(30), observer.send(&addr, invite)).await {
-                    Ok(Ok(p)) if p == want => (true, None, None),
+                let sim = invite_from(&invite);
+                match tokio::time::timeout(Duration::from_secs(30), observer.send::<CallService>(&addr, sim, &invite))
+                    .await
+                {
+                    Ok(Ok((p, ()))) if p == want => (true, None, None),
                     Ok(Ok(_)) => (false, Some("wrong node".to_string()), None),
                     Ok(Err(e)) => (false, Some(e.to_string()), None),
                     Err(_) => (false, Some("timeout".into()), None),
@@ -248,4 +253,12 @@ pub async fn run(o: &MultiOptions, progress: bool) -> anyhow::Result<MultiSummar
     observer.stop().await;
     drop(procs);
     Ok(summary)
+}
+
+/// The caller an invite names: the user the observer acts for.
+fn invite_from(invite: &NodeToNode) -> Option<&UserName> {
+    match invite {
+        NodeToNode::Invite { from, .. } => Some(&from.name),
+        _ => None,
+    }
 }

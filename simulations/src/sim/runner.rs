@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use dht::mesh::{Multiaddr, PeerId};
 use dht::netem::{memory_addr, Netem, NetemConfig};
-use dht::{Inbound, Mesh, MeshConfig, Network, Receipt};
+use dht::{Incoming, Mesh, MeshConfig, Network};
 use ed25519_dalek::SigningKey;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use signalling::service::CallService;
 use signalling::{Address, CallId, Media, NodeToNode, UserName, ZoneName};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
 use super::metrics::{cpu_seconds, rss_bytes, CallSample, LookupSample, Purpose, ResourcePoint};
 use super::plan::{Action, Links, Phase, Plan, UserRef};
@@ -143,7 +144,7 @@ impl Sim {
     async fn start_node(self: &Arc<Self>, i: usize) -> anyhow::Result<()> {
         let n = &self.plan.nodes[i];
         let s = &self.plan.scenario;
-        let mut c = MeshConfig::new(ZoneName::parse(&n.zone)?);
+        let mut c = MeshConfig::default();
         c.listen = vec![memory_addr(n.port)];
         c.bootstrap = n.bootstrap.iter().map(|&b| self.addr_of(b)).collect();
         c.relays = n.via.map(|r| vec![self.addr_of(r)]).unwrap_or_default();
@@ -163,7 +164,8 @@ impl Sim {
         self.netem.revive(n.port);
         self.netem.set_nat(n.port, n.nat);
         let tree = self.db.open_tree(format!("n{i}"))?;
-        let (mesh, inbound) = Mesh::start(SigningKey::from_bytes(&n.key), tree, c).await?;
+        let mesh = Mesh::start(SigningKey::from_bytes(&n.key), tree, ZoneName::parse(&n.zone)?, c).await?;
+        let inbound = mesh.serve::<CallService>(1024)?;
         for u in &n.users {
             mesh.publish_user(UserName::parse(u)?).await;
         }
@@ -251,6 +253,7 @@ impl Sim {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(id.clone(), tx);
         let t = Instant::now();
+        let caller_name = from.name.clone();
         let invite = NodeToNode::Invite {
             call: CallId(id.clone()),
             from,
@@ -259,7 +262,8 @@ impl Sim {
         };
         let timeout = self.wall(self.plan.scenario.call_timeout_s);
         let res = tokio::time::timeout(timeout, async {
-            let peer = mesh.send(&to, invite).await.map_err(|e| format!("invite: {e}"))?;
+            let (peer, ()) =
+                mesh.send::<CallService>(&to, Some(&caller_name), &invite).await.map_err(|e| format!("invite: {e}"))?;
             if peer != self.peers[callee.node] {
                 return Err("invite reached the wrong node".to_string());
             }
@@ -289,18 +293,19 @@ struct LookupState {
     asker_view: Option<(u32, u32)>,
 }
 
-/// Answers other nodes' signalling as a node would: every message gets a
-/// `Delivered` receipt; an invite is then accepted (the callee's node sends
-/// `accepted` back to the caller's node); an `accepted` completes the call.
-async fn serve(mesh: Mesh, mut inbound: mpsc::Receiver<Inbound>, waiters: Waiters) {
+/// Answers other nodes' call requests as a node would: every message gets
+/// a receipt; an invite is then accepted (the callee's node sends
+/// `accepted` back to the caller's node, acting for the callee); an
+/// `accepted` completes the call.
+async fn serve(mesh: Mesh, mut inbound: Incoming<CallService>, waiters: Waiters) {
     while let Some(msg) = inbound.recv().await {
         let peer = msg.peer;
-        msg.reply.send(Receipt::Delivered).await;
-        match msg.msg {
-            NodeToNode::Invite { call, .. } => {
+        msg.reply.ok(()).await;
+        match msg.request {
+            NodeToNode::Invite { call, to, .. } => {
                 let m = mesh.clone();
                 tokio::spawn(async move {
-                    let _ = m.send_to(peer, NodeToNode::Accepted { call }).await;
+                    let _ = m.send_to::<CallService>(peer, Some(&to.name), &NodeToNode::Accepted { call }).await;
                 });
             }
             NodeToNode::Accepted { call } => {
