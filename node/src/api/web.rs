@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::server::AppState;
 
-const INDEX: &str = include_str!("../../client-wasm/static/index.html");
-const CSS: &str = include_str!("../../client-wasm/static/app.css");
+const INDEX: &str = include_str!("../../../client-wasm/static/index.html");
+const CSS: &str = include_str!("../../../client-wasm/static/app.css");
 const JS: &str = include_str!(concat!(env!("OUT_DIR"), "/web/xarxa_client.js"));
 const WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/web/xarxa_client_bg.wasm"));
 

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::accounts::now_ms;
+use crate::services::accounts::now_ms;
 use crate::pii::Pii;
 use crate::store::Store;
 

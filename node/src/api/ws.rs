@@ -17,7 +17,7 @@ use signalling::{
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::calls::{Command, Outgoing, DEVICE_QUEUE};
+use crate::services::calls::{Command, Outgoing, DEVICE_QUEUE};
 use crate::pii::Pii;
 use crate::server::AppState;
 

@@ -13,7 +13,7 @@ use signalling::{EndReason, NodeToNode};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::calls::Command;
+use crate::services::calls::Command;
 use crate::pii::Pii;
 use crate::server::AppState;
 

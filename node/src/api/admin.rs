@@ -15,8 +15,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
-use crate::accounts::{AccountError, Accounts};
-use crate::calls::{Calls, Command};
+use crate::services::accounts::{AccountError, Accounts};
+use crate::services::calls::{Calls, Command};
 use crate::server::{AppState, ServerError};
 use crate::store::Store;
 
