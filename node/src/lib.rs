@@ -11,7 +11,9 @@
 //! - [`store`]: the embedded database, one file per domain's trees; the only
 //!   module that touches sled.
 //! - [`media`]: media servers ([`media::turn`]; the SFU will go here).
-//! - [`server`]: [`server::Server`] wires them together.
+//! - [`state`]: [`state::AppState`], what every edge is given: the
+//!   configuration, the services, the database.
+//! - [`server`]: [`server::Server`] builds the state and serves the edges.
 //! - [`config`] (the one `Config`), [`identity`] (the node key), [`tls`]
 //!   (the certificate), [`pii`] (personal data redacted in logs).
 //!
@@ -31,5 +33,6 @@ pub mod media;
 pub mod pii;
 pub mod server;
 pub mod services;
+pub mod state;
 pub mod store;
 pub mod tls;

@@ -14,32 +14,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::services::accounts::{AccountError, Accounts};
-use crate::services::calls::Calls;
 use crate::config::{Config, ConfigError};
 use crate::identity::{self, IdentityError};
+use crate::services::accounts::{AccountError, Accounts};
+use crate::services::calls::Calls;
+use crate::state::AppState;
 use crate::store::{Store, StoreError};
 use crate::tls::{self, TlsError};
-
-/// Shared state of the running node, given to every handler.
-pub struct AppState {
-    /// The validated configuration.
-    pub config: Config,
-    /// Accounts and sessions.
-    pub accounts: Accounts,
-    /// The database.
-    pub store: Store,
-    /// The calls service.
-    pub calls: Calls,
-    /// The mesh, unless disabled.
-    pub mesh: Option<dht::Mesh>,
-    /// WebSocket slots (`limits.max_connections`).
-    pub connections: Arc<Semaphore>,
-    /// The STUN/TURN server, unless disabled.
-    pub turn: Option<crate::media::turn::Turn>,
-    /// Numbers sockets.
-    pub next_conn: AtomicU64,
-}
 
 /// Why the node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

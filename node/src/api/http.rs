@@ -19,7 +19,7 @@ use tracing::warn;
 
 use crate::services::accounts::{AccountError, Authed};
 use crate::services::calls::Command;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::StoreError;
 
 /// An API error: an HTTP status and a stable code.

@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::services::accounts::now_ms;
 use crate::pii::Pii;
+use crate::services::accounts::now_ms;
 use crate::store::Store;
 
 /// Frames queued per device before it counts as stuck.
