@@ -1,8 +1,21 @@
 //! The Xarxa zone node as a library; `main.rs` is a thin CLI over it.
 //!
-//! A node serves HTTPS and the signalling WebSocket ([`http`], [`ws`]) over
-//! services ([`accounts`], [`calls`]) that own their data in the embedded
-//! database ([`store`]). [`server::Server`] wires them together:
+//! # Layout
+//!
+//! - [`api`]: the node's edges, thin: the HTTPS API ([`api::http`]), the
+//!   signalling WebSocket ([`api::ws`]), the web client ([`api::web`]), the
+//!   admin socket ([`api::admin`]) and inbound signalling from other nodes
+//!   ([`api::federation`]). They parse, check and hand work to a service.
+//! - [`services`]: one module per domain ([`services::accounts`],
+//!   [`services::calls`]); a new service goes here.
+//! - [`store`]: the embedded database, one file per domain's trees; the only
+//!   module that touches sled.
+//! - [`media`]: media servers ([`media::turn`]; the SFU will go here).
+//! - [`state`]: [`state::AppState`], what every edge is given: the
+//!   configuration, the services, the database.
+//! - [`server`]: [`server::Server`] builds the state and serves the edges.
+//! - [`config`] (the one `Config`), [`identity`] (the node key), [`tls`]
+//!   (the certificate), [`pii`] (personal data redacted in logs).
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), xarxa_node::server::ServerError> {
@@ -13,17 +26,13 @@
 //! # }
 //! ```
 
-pub mod accounts;
-pub mod admin;
-pub mod calls;
+pub mod api;
 pub mod config;
-pub mod federation;
-pub mod http;
 pub mod identity;
+pub mod media;
 pub mod pii;
 pub mod server;
+pub mod services;
+pub mod state;
 pub mod store;
 pub mod tls;
-pub mod turn;
-pub mod web;
-pub mod ws;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use xarxa_node::admin::{self, AdminRequest, AdminResponse};
+use xarxa_node::api::admin::{self, AdminRequest, AdminResponse};
 use xarxa_node::config::{self, Config, Overrides};
 use xarxa_node::server::Server;
 use xarxa_node::store::{Store, StoreError};
@@ -201,7 +201,7 @@ async fn admin_request(config: &Config, req: AdminRequest) -> Result<AdminRespon
         }
         Err(e) => return Err(e.to_string()),
     };
-    let accounts = xarxa_node::accounts::Accounts::new(store.clone(), config).map_err(|e| e.to_string())?;
+    let accounts = xarxa_node::services::accounts::Accounts::new(store.clone(), config).map_err(|e| e.to_string())?;
     let resp = admin::execute(&accounts, &store, None, None, req).await;
     store.flush().await.map_err(|e| e.to_string())?;
     Ok(resp)

@@ -14,32 +14,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::accounts::{AccountError, Accounts};
-use crate::calls::Calls;
 use crate::config::{Config, ConfigError};
 use crate::identity::{self, IdentityError};
+use crate::services::accounts::{AccountError, Accounts};
+use crate::services::calls::Calls;
+use crate::state::AppState;
 use crate::store::{Store, StoreError};
 use crate::tls::{self, TlsError};
-
-/// Shared state of the running node, given to every handler.
-pub struct AppState {
-    /// The validated configuration.
-    pub config: Config,
-    /// Accounts and sessions.
-    pub accounts: Accounts,
-    /// The database.
-    pub store: Store,
-    /// The calls service.
-    pub calls: Calls,
-    /// The mesh, unless disabled.
-    pub mesh: Option<dht::Mesh>,
-    /// WebSocket slots (`limits.max_connections`).
-    pub connections: Arc<Semaphore>,
-    /// The STUN/TURN server, unless disabled.
-    pub turn: Option<crate::turn::Turn>,
-    /// Numbers sockets.
-    pub next_conn: AtomicU64,
-}
 
 /// Why the node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +46,7 @@ pub enum ServerError {
     Mesh(#[from] dht::MeshError),
     /// The STUN/TURN server.
     #[error(transparent)]
-    Turn(#[from] crate::turn::TurnError),
+    Turn(#[from] crate::media::turn::TurnError),
     /// A socket or file.
     #[error("{what}: {source}")]
     Io {
@@ -124,7 +105,7 @@ impl Server {
         let (cert, cert_key) = tls::ensure_cert(&data, configured, &config.zone)?;
         let tls = tls::server_config(&cert, &cert_key)?;
         let store = Store::open(&data.join("db"))?;
-        let purged = store.purge_expired_sessions(crate::accounts::now_ms())?;
+        let purged = store.purge_expired_sessions(crate::services::accounts::now_ms())?;
         let accounts = Accounts::new(store.clone(), &config)?;
         let mesh = if config.mesh.enabled {
             let mesh_config = config.mesh.to_mesh_config(config.zone_name()?)?;
@@ -153,9 +134,9 @@ impl Server {
         // inherit the option on Linux).
         socket2::SockRef::from(&listener).set_tcp_nodelay(true).map_err(io("configuring listener"))?;
         let addr = listener.local_addr().map_err(io("reading listen address"))?;
-        let admin = crate::admin::bind(&data)?;
+        let admin = crate::api::admin::bind(&data)?;
         let turn = if config.turn.enabled {
-            let turn = crate::turn::Turn::bind(crate::turn::Settings::from_config(&config)?).await?;
+            let turn = crate::media::turn::Turn::bind(crate::media::turn::Settings::from_config(&config)?).await?;
             turn.add_service_ports(std::iter::once(addr.port()).chain(multiaddr_ports(&config.mesh.listen)));
             Some(turn)
         } else {
@@ -174,7 +155,7 @@ impl Server {
             calls,
         });
         if let Some(inbound) = inbound {
-            tokio::spawn(crate::federation::serve_inbound(state.clone(), inbound));
+            tokio::spawn(crate::api::federation::serve_inbound(state.clone(), inbound));
         }
         Ok(Self { state, listener, admin, tls, addr })
     }
@@ -213,11 +194,11 @@ impl Server {
             version: env!("CARGO_PKG_VERSION").to_string(),
             peer_id: self.state.mesh.as_ref().map(|m| m.peer_id().to_string()),
             mesh: mesh_addrs,
-            turn: self.state.turn.as_ref().map(crate::turn::Turn::local_addr),
+            turn: self.state.turn.as_ref().map(crate::media::turn::Turn::local_addr),
         };
         let handle = axum_server::Handle::new();
-        let app = crate::http::router(self.state.clone());
-        let admin_task = tokio::spawn(crate::admin::serve(self.admin, self.state.clone()));
+        let app = crate::api::http::router(self.state.clone());
+        let admin_task = tokio::spawn(crate::api::admin::serve(self.admin, self.state.clone()));
         let server = axum_server::from_tcp_rustls(self.listener, RustlsConfig::from_config(self.tls))
             .handle(handle.clone())
             .serve(app.into_make_service_with_connect_info::<SocketAddr>());

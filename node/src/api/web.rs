@@ -8,10 +8,10 @@ use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use axum::response::{IntoResponse, Response};
 
-use crate::server::AppState;
+use crate::state::AppState;
 
-const INDEX: &str = include_str!("../../client-wasm/static/index.html");
-const CSS: &str = include_str!("../../client-wasm/static/app.css");
+const INDEX: &str = include_str!("../../../client-wasm/static/index.html");
+const CSS: &str = include_str!("../../../client-wasm/static/app.css");
 const JS: &str = include_str!(concat!(env!("OUT_DIR"), "/web/xarxa_client.js"));
 const WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/web/xarxa_client_bg.wasm"));
 

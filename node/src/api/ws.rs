@@ -17,9 +17,9 @@ use signalling::{
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::calls::{Command, Outgoing, DEVICE_QUEUE};
 use crate::pii::Pii;
-use crate::server::AppState;
+use crate::services::calls::{Command, Outgoing, DEVICE_QUEUE};
+use crate::state::AppState;
 
 /// Frames above `max_frame_bytes` times this close the socket outright.
 const HARD_LIMIT_FACTOR: usize = 4;

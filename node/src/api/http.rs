@@ -17,9 +17,9 @@ use serde_json::json;
 use signalling::HistoryEntry;
 use tracing::warn;
 
-use crate::accounts::{AccountError, Authed};
-use crate::calls::Command;
-use crate::server::AppState;
+use crate::services::accounts::{AccountError, Authed};
+use crate::services::calls::Command;
+use crate::state::AppState;
 use crate::store::StoreError;
 
 /// An API error: an HTTP status and a stable code.
@@ -138,10 +138,10 @@ impl FromRequestParts<Arc<AppState>> for Auth {
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
     Router::new()
-        .route("/", get(crate::web::index))
-        .route("/app.css", get(crate::web::css))
-        .route("/pkg/xarxa_client.js", get(crate::web::js))
-        .route("/pkg/xarxa_client_bg.wasm", get(crate::web::wasm))
+        .route("/", get(crate::api::web::index))
+        .route("/app.css", get(crate::api::web::css))
+        .route("/pkg/xarxa_client.js", get(crate::api::web::js))
+        .route("/pkg/xarxa_client_bg.wasm", get(crate::api::web::wasm))
         .route("/health", get(health))
         .route("/api/v1/register", post(register))
         .route("/api/v1/login", post(login))
@@ -154,7 +154,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/history/{id}", delete(delete_history))
         .route("/api/v1/notices", get(notices))
         .route("/api/v1/notices/{id}/read", post(read_notice))
-        .route("/api/v1/ws", get(crate::ws::upgrade))
+        .route("/api/v1/ws", get(crate::api::ws::upgrade))
         .route("/api/v1/ice", get(ice_servers))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -13,9 +13,9 @@ use signalling::{EndReason, NodeToNode};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::calls::Command;
 use crate::pii::Pii;
-use crate::server::AppState;
+use crate::services::calls::Command;
+use crate::state::AppState;
 
 /// Reads inbound signalling from the mesh until it stops.
 pub async fn serve_inbound(state: Arc<AppState>, mut inbound: mpsc::Receiver<Inbound>) {

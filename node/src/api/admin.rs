@@ -15,9 +15,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
-use crate::accounts::{AccountError, Accounts};
-use crate::calls::{Calls, Command};
-use crate::server::{AppState, ServerError};
+use crate::server::ServerError;
+use crate::services::accounts::{AccountError, Accounts};
+use crate::services::calls::{Calls, Command};
+use crate::state::AppState;
 use crate::store::Store;
 
 /// Largest admin request line, in bytes.

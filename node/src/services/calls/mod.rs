@@ -7,6 +7,12 @@
 //! makes them durable with one flush for the whole turn (group commit), and
 //! only then delivers the frames, in order. A device whose channel is full
 //! (it does not read) is disconnected rather than buffered without bound.
+//!
+//! A call that crosses nodes gets a delivery task of its own, which
+//! resolves the other node and carries the call's messages to it in order
+//! (`remote.rs`).
+
+mod remote;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,8 +29,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::accounts::now_ms;
+use remote::{deliver, RemoteLeg, REMOTE_QUEUE};
+
 use crate::pii::Pii;
+use crate::services::accounts::now_ms;
 use crate::store::Store;
 
 /// Frames queued per device before it counts as stuck.
@@ -177,14 +185,6 @@ struct Actor {
     /// of messages for it.
     remote: HashMap<CallId, RemoteLeg>,
 }
-
-struct RemoteLeg {
-    peer: Option<PeerId>,
-    queue: Option<mpsc::Sender<NodeToNode>>,
-}
-
-/// Messages queued for one remote call before it counts as stuck.
-const REMOTE_QUEUE: usize = 64;
 
 /// A fresh random id: 16 random bytes in hex, with a prefix.
 pub fn random_id(prefix: &str) -> String {
@@ -535,56 +535,6 @@ impl Actor {
             }
         }
         self.dirty = true;
-    }
-}
-
-/// Delivers one remote call's messages in order: the first (an invite, on
-/// the caller's node) after resolving the callee's home node, the rest to
-/// the node that took it. The calls service learns the node before the
-/// invite leaves, so the node's answers are recognised. A failure ends the
-/// call.
-async fn deliver(
-    mesh: Mesh,
-    mut peer: Option<PeerId>,
-    user: Address,
-    call: CallId,
-    mut rx: mpsc::Receiver<NodeToNode>,
-    calls: mpsc::Sender<Command>,
-) {
-    while let Some(msg) = rx.recv().await {
-        let sent = match peer {
-            Some(p) => mesh.send_to(p, msg).await,
-            None => first_delivery(&mesh, &user, &call, &calls, msg).await.map(|p| peer = Some(p)),
-        };
-        if let Err(e) = sent {
-            warn!(call = %call.0, error = %e, "delivery to another zone failed");
-            let _ = calls.send(Command::RouteFailed { call, reason: e.end_reason() }).await;
-            return;
-        }
-    }
-}
-
-/// Resolves `user`'s home node, tells the calls service, delivers `msg`;
-/// on an unreachable node, looks again once (the node may have moved).
-async fn first_delivery(
-    mesh: &Mesh,
-    user: &Address,
-    call: &CallId,
-    calls: &mpsc::Sender<Command>,
-    msg: NodeToNode,
-) -> Result<PeerId, dht::RouteError> {
-    let mut tries = 0;
-    loop {
-        let (peer, addrs) = mesh.resolve(user).await?;
-        let _ = calls.send(Command::PeerResolved { call: call.clone(), peer }).await;
-        match mesh.deliver(peer, addrs, msg.clone()).await {
-            Ok(()) => return Ok(peer),
-            Err(dht::RouteError::Unreachable(_)) if tries == 0 => {
-                tries += 1;
-                mesh.forget(user);
-            }
-            Err(e) => return Err(e),
-        }
     }
 }
 

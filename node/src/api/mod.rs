@@ -1,0 +1,23 @@
+//! The node's edges: every way in from outside. Each module turns what
+//! arrives (HTTP requests, WebSocket frames, admin request lines, mesh
+//! messages) into typed requests, rejects the rest with typed errors, and
+//! hands the work to a service in [`crate::services`]. Edges own no data.
+//!
+//! - [`http`]: the HTTPS API: every route ([`http::router`]) and the typed
+//!   API errors.
+//! - [`ws`]: the signalling WebSocket, one per device.
+//! - [`web`]: the embedded web client.
+//! - [`admin`]: the admin Unix socket (`xarxa user …`, `xarxa status`), and
+//!   the same operations run by the CLI on the database when no node runs.
+//! - [`federation`]: the edge toward other nodes: checks inbound mesh
+//!   signalling and hands it to the calls service.
+//!
+//! A new route is a handler in [`http`] (documented as ``# `GET /path` ``)
+//! that calls one service; a new way in (another socket or protocol) is a
+//! new module here.
+
+pub mod admin;
+pub mod federation;
+pub mod http;
+pub mod web;
+pub mod ws;

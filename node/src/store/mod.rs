@@ -1,0 +1,192 @@
+//! The node's embedded database: typed access to its sled trees. Nothing
+//! outside this module touches sled.
+//!
+//! Trees: `meta` (schema version), `users` (name → [`UserRecord`]),
+//! `sessions` (SHA-256 of token → [`SessionRecord`]), `session_ids`
+//! (user \0 session id → token hash), `history` (user \0 id → entry),
+//! `notices` (user \0 id → notice), `invites` (code → [`InviteRecord`]).
+//! Values are JSON. Writes a caller acknowledges are followed by
+//! [`Store::flush`], so they survive a crash.
+//!
+//! This file holds the [`Store`] itself (opening, the schema check,
+//! flushing, errors, the tree handles) and the helpers every domain uses
+//! (JSON values, `user \0 …` keys). Each domain's trees have a file of
+//! `impl Store` blocks: `users.rs`, `sessions.rs` (with `session_ids`),
+//! `history.rs` (history and notices), `invites.rs`, and `mesh.rs` (the
+//! `mesh_records` tree, whose contents the dht crate owns). A new domain
+//! adds its trees to [`Store`] and a file here.
+
+use std::path::Path;
+
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::TransactionError;
+
+mod history;
+mod invites;
+mod mesh;
+mod sessions;
+mod users;
+
+pub use invites::InviteRecord;
+pub use sessions::SessionRecord;
+pub use users::UserRecord;
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database belongs to a newer Xarxa.
+    #[error("the database has schema version {found}, newer than this build's {supported}: upgrade xarxa")]
+    SchemaTooNew {
+        /// Version found on disk.
+        found: u32,
+        /// Version this build knows.
+        supported: u32,
+    },
+    /// Another process (a running node) has the database open.
+    #[error("the database is in use by another process (is the node running?)")]
+    Locked,
+    /// A stored value could not be decoded.
+    #[error("corrupt record in {tree}: {why}")]
+    Corrupt {
+        /// The tree.
+        tree: &'static str,
+        /// The decoding error.
+        why: String,
+    },
+    /// sled failed.
+    #[error("database: {0}")]
+    Db(#[from] sled::Error),
+}
+
+/// The database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    users: sled::Tree,
+    sessions: sled::Tree,
+    session_ids: sled::Tree,
+    history: sled::Tree,
+    notices: sled::Tree,
+    invites: sled::Tree,
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our records are plain structs of strings and numbers: serialising cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn dec<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { tree, why: e.to_string() })
+}
+
+fn user_prefix(user: &str) -> Vec<u8> {
+    let mut k = user.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn user_key(user: &str, id: u64) -> Vec<u8> {
+    let mut k = user_prefix(user);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn user_str_key(user: &str, id: &str) -> Vec<u8> {
+    let mut k = user_prefix(user);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn tx_err(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Db(e),
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`. Refuses a database
+    /// written by a newer schema, and one another process holds.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(|e| match e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) => {
+                StoreError::Locked
+            }
+            other => StoreError::Db(other),
+        })?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema_version")? {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt { tree: "meta", why: "schema_version".into() })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+                }
+            }
+            None => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+        }
+        Ok(Self {
+            users: db.open_tree("users")?,
+            sessions: db.open_tree("sessions")?,
+            session_ids: db.open_tree("session_ids")?,
+            history: db.open_tree("history")?,
+            notices: db.open_tree("notices")?,
+            invites: db.open_tree("invites")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable, blocking.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A fresh id, increasing over time, unique in this database.
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Counts of records, for status output.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.users.len(), self.sessions.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_newer_schema_and_second_opener() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let s = Store::open(dir.path()).expect("open");
+            assert!(matches!(Store::open(dir.path()), Err(StoreError::Locked) | Err(StoreError::Db(_))));
+            s.db.open_tree("meta")
+                .expect("meta")
+                .insert("schema_version", &(SCHEMA_VERSION + 1).to_be_bytes())
+                .expect("w");
+            s.flush_blocking().expect("flush");
+        }
+        match Store::open(dir.path()) {
+            Err(e @ StoreError::SchemaTooNew { .. }) => assert!(e.to_string().contains("newer")),
+            Err(e) => panic!("wrong error {e}"),
+            Ok(_) => panic!("opened a newer schema"),
+        }
+    }
+}
