@@ -721,6 +721,15 @@ mod tests {
         }
     }
 
+    /// Two transports on `net`, listening on ports 1 and 2.
+    fn listening_pair(net: &Arc<Netem>) -> (NetemTransport, NetemTransport) {
+        let mut a = NetemTransport::new(net.clone());
+        let mut b = NetemTransport::new(net.clone());
+        a.listen_on(ListenerId::next(), memory_addr(1)).unwrap();
+        b.listen_on(ListenerId::next(), memory_addr(2)).unwrap();
+        (a, b)
+    }
+
     fn opts() -> DialOpts {
         DialOpts { role: libp2p::core::Endpoint::Dialer, port_use: libp2p::core::transport::PortUse::Reuse }
     }
@@ -728,10 +737,7 @@ mod tests {
     #[tokio::test]
     async fn latency_order_and_partitions() {
         let net = netem(40, 0.0);
-        let mut a = NetemTransport::new(net.clone());
-        let mut b = NetemTransport::new(net.clone());
-        a.listen_on(ListenerId::next(), memory_addr(1)).unwrap();
-        b.listen_on(ListenerId::next(), memory_addr(2)).unwrap();
+        let (mut a, mut b) = listening_pair(&net);
         let t0 = Instant::now();
         let dial = a.dial(memory_addr(2), opts()).unwrap();
         let (mut ab, mut ba) = futures::join!(async { dial.await.unwrap() }, accept(&mut b));
@@ -763,10 +769,7 @@ mod tests {
     #[tokio::test]
     async fn loss_delays_but_delivers() {
         let net = netem(5, 0.5);
-        let mut a = NetemTransport::new(net.clone());
-        let mut b = NetemTransport::new(net.clone());
-        a.listen_on(ListenerId::next(), memory_addr(1)).unwrap();
-        b.listen_on(ListenerId::next(), memory_addr(2)).unwrap();
+        let (mut a, mut b) = listening_pair(&net);
         let dial = a.dial(memory_addr(2), opts()).unwrap();
         let (mut ab, mut ba) = futures::join!(async { dial.await.unwrap() }, accept(&mut b));
         for i in 0..20u8 {
@@ -790,12 +793,14 @@ mod swarm_tests {
     async fn node(net: &Arc<Netem>, i: u8, boot: Option<(u64, crate::mesh::PeerId)>) -> (Mesh, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let tree = sled::open(dir.path()).unwrap().open_tree("mesh").unwrap();
-        let mut c = MeshConfig::default();
-        c.listen = vec![memory_addr(u64::from(i))];
-        c.bootstrap = boot.into_iter().map(|(p, id)| format!("/memory/{p}/p2p/{id}").parse().unwrap()).collect();
-        c.mdns = false;
-        c.cache_ttl = Duration::ZERO;
-        c.network = Network::Simulated(net.clone());
+        let c = MeshConfig {
+            listen: vec![memory_addr(u64::from(i))],
+            bootstrap: boot.into_iter().map(|(p, id)| format!("/memory/{p}/p2p/{id}").parse().unwrap()).collect(),
+            mdns: false,
+            cache_ttl: Duration::ZERO,
+            network: Network::Simulated(net.clone()),
+            ..MeshConfig::default()
+        };
         let zone = ZoneName::parse(&format!("z{i}")).unwrap();
         let mesh = Mesh::start(SigningKey::from_bytes(&[i; 32]), tree, zone, c).await.unwrap();
         (mesh, dir)

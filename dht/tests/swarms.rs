@@ -19,14 +19,15 @@ struct Node {
 }
 
 fn config(bootstrap: Vec<Multiaddr>) -> MeshConfig {
-    let mut c = MeshConfig::default();
-    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    c.bootstrap = bootstrap;
-    c.mdns = false;
-    c.republish = Duration::from_secs(2);
-    c.request_timeout = Duration::from_secs(2);
-    c.retries = 1;
-    c
+    MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap,
+        mdns: false,
+        republish: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(2),
+        retries: 1,
+        ..MeshConfig::default()
+    }
 }
 
 async fn start(zone: &str, seed: u8, bootstrap: Vec<Multiaddr>) -> Node {

@@ -41,95 +41,10 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Limits on sizes and rates.
     pub limits: Limits,
-    /// The mesh of zone nodes.
-    pub mesh: MeshSettings,
+    /// The mesh of zone nodes: `dht`'s own configuration, embedded.
+    pub mesh: dht::MeshConfig,
     /// The node's own STUN/TURN server.
     pub turn: TurnSettings,
-}
-
-/// The mesh: how this node joins the other zones.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MeshSettings {
-    /// Join the mesh (off: a lone zone whose users only call each other).
-    pub enabled: bool,
-    /// libp2p listen multiaddresses (TCP and QUIC).
-    pub listen: Vec<String>,
-    /// Known peers to join through, as multiaddresses ending in /p2p/<peer id>.
-    pub bootstrap: Vec<String>,
-    /// Relays to listen through when other nodes cannot dial this one.
-    pub relays: Vec<String>,
-    /// Extra addresses to advertise (e.g. this node's guifi.net address).
-    pub external: Vec<String>,
-    /// Find other zones on the local network with mDNS.
-    pub mdns: bool,
-    /// Relay connections for nodes that cannot reach each other directly.
-    pub relay_server: bool,
-    /// Lifetime of this zone's claim in the mesh.
-    #[serde(with = "humantime_serde")]
-    pub claim_ttl: Duration,
-    /// Lifetime of user records in the mesh.
-    #[serde(with = "humantime_serde")]
-    pub user_ttl: Duration,
-    /// How often records are renewed.
-    #[serde(with = "humantime_serde")]
-    pub republish: Duration,
-    /// How long a resolved user stays cached.
-    #[serde(with = "humantime_serde")]
-    pub cache_ttl: Duration,
-    /// How long one signalling message to another node may take.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// Extra tries of a failed delivery.
-    pub retries: u32,
-    /// Mesh connections held at once.
-    pub max_connections: u32,
-}
-
-impl Default for MeshSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            listen: vec!["/ip4/0.0.0.0/tcp/7447".into(), "/ip4/0.0.0.0/udp/7447/quic-v1".into()],
-            bootstrap: Vec::new(),
-            relays: Vec::new(),
-            external: Vec::new(),
-            mdns: true,
-            relay_server: true,
-            claim_ttl: Duration::from_secs(24 * 3600),
-            user_ttl: Duration::from_secs(6 * 3600),
-            republish: Duration::from_secs(3600),
-            cache_ttl: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(5),
-            retries: 2,
-            max_connections: 256,
-        }
-    }
-}
-
-fn multiaddrs(field: &'static str, list: &[String]) -> Result<Vec<dht::mesh::Multiaddr>, ConfigError> {
-    list.iter().map(|a| a.parse().map_err(|e| ConfigError::Invalid { field, why: format!("{a}: {e}") })).collect()
-}
-
-impl MeshSettings {
-    /// The dht crate's configuration for zone `zone`.
-    pub fn to_mesh_config(&self, zone: ZoneName) -> Result<dht::MeshConfig, ConfigError> {
-        let mut c = dht::MeshConfig::new(zone);
-        c.listen = multiaddrs("mesh.listen", &self.listen)?;
-        c.bootstrap = multiaddrs("mesh.bootstrap", &self.bootstrap)?;
-        c.relays = multiaddrs("mesh.relays", &self.relays)?;
-        c.external = multiaddrs("mesh.external", &self.external)?;
-        c.mdns = self.mdns;
-        c.relay_server = self.relay_server;
-        c.claim_ttl = self.claim_ttl;
-        c.user_ttl = self.user_ttl;
-        c.republish = self.republish;
-        c.cache_ttl = self.cache_ttl;
-        c.request_timeout = self.request_timeout;
-        c.retries = self.retries;
-        c.max_connections = self.max_connections;
-        Ok(c)
-    }
 }
 
 /// The node's own STUN/TURN server (UDP), on by default.
@@ -308,7 +223,7 @@ impl Default for Config {
             tls: Tls::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
-            mesh: MeshSettings::default(),
+            mesh: dht::MeshConfig::default(),
             turn: TurnSettings::default(),
         }
     }
@@ -367,6 +282,9 @@ pub enum ConfigError {
         /// What is wrong with it.
         why: String,
     },
+    /// A value of the `[mesh]` section is out of range.
+    #[error("configuration: {0}")]
+    Mesh(#[from] dht::MeshError),
 }
 
 /// Overrides from the command line (highest precedence).
@@ -432,13 +350,7 @@ impl Config {
         if l.max_sessions_per_user == 0 || l.max_history_per_user == 0 || l.max_body_bytes < 1024 {
             return invalid("limits", "sessions and history must be positive, bodies at least 1 KiB");
         }
-        let m = self.mesh.to_mesh_config(self.zone_name()?)?;
-        if self.mesh.enabled && m.listen.is_empty() && m.relays.is_empty() {
-            return invalid("mesh.listen", "give a listen address or a relay, or disable the mesh");
-        }
-        if m.republish >= m.user_ttl || m.republish >= m.claim_ttl || m.request_timeout.is_zero() {
-            return invalid("mesh.republish", "must be shorter than claim_ttl and user_ttl");
-        }
+        self.mesh.validate()?;
         self.turn.validate()?;
         let t = &self.timeouts;
         if t.ring.is_zero() || t.hello.is_zero() || t.session.is_zero() || t.idle < Duration::from_secs(5) {
@@ -494,6 +406,12 @@ const DOCS: &[(&str, &str)] = &[
     ("mesh.request_timeout", "How long one signalling message to another node may take."),
     ("mesh.retries", "Extra tries of a failed delivery to another node."),
     ("mesh.max_connections", "Mesh connections held at once."),
+    ("mesh.idle_timeout", "How long a mesh connection no protocol uses stays open."),
+    ("mesh.bootstrap_interval", "How often the node refreshes its view of the mesh (Kademlia's routing table)."),
+    (
+        "mesh.peer_requests_per_second",
+        "Requests per second one other node may make of this node's services (bursts of twice that pass).",
+    ),
     ("turn.enabled", "Serve STUN and TURN, so browsers can always reach each other (relayed if need be)."),
     ("turn.listen", "UDP address and port for STUN and TURN (3478 is the standard port)."),
     ("turn.public_host", "Host name or IP in the ICE server URLs. Unset: the host browsers use to reach this node."),

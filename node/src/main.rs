@@ -62,6 +62,12 @@ enum Cmd {
 enum MeshCmd {
     /// Peers, routing table, stored records, rejected records, deliveries.
     Status,
+    /// Ask the node holding ZONE whether it answers: round trip and clock
+    /// offset.
+    Ping {
+        /// The zone, e.g. `sants`.
+        zone: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,6 +177,7 @@ async fn real_main(cli: Cli) -> Result<(), String> {
         Cmd::Invite(InviteCmd::List) => AdminRequest::InviteList,
         Cmd::Status => AdminRequest::Status,
         Cmd::Mesh(MeshCmd::Status) => AdminRequest::MeshStatus,
+        Cmd::Mesh(MeshCmd::Ping { zone }) => AdminRequest::MeshPing { zone },
     };
     let config = Config::load(config_file.as_deref(), &overrides).map_err(|e| e.to_string())?;
     let resp = admin_request(&config, request).await?;

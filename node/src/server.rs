@@ -108,8 +108,11 @@ impl Server {
         let purged = store.purge_expired_sessions(crate::services::accounts::now_ms())?;
         let accounts = Accounts::new(store.clone(), &config)?;
         let mesh = if config.mesh.enabled {
-            let mesh_config = config.mesh.to_mesh_config(config.zone_name()?)?;
-            let (mesh, inbound) = dht::Mesh::start(key.clone(), store.mesh_tree()?, mesh_config).await?;
+            let mesh =
+                dht::Mesh::start(key.clone(), store.mesh_tree()?, config.zone_name()?, config.mesh.clone()).await?;
+            // Served before anything is published, so no request finds a
+            // service missing.
+            let inbound = crate::api::federation::Inbound::serve(&mesh)?;
             for user in store.users()? {
                 if let Ok(name) = signalling::UserName::parse(&user.name) {
                     mesh.publish_user(name).await;
@@ -137,7 +140,8 @@ impl Server {
         let admin = crate::api::admin::bind(&data)?;
         let turn = if config.turn.enabled {
             let turn = crate::media::turn::Turn::bind(crate::media::turn::Settings::from_config(&config)?).await?;
-            turn.add_service_ports(std::iter::once(addr.port()).chain(multiaddr_ports(&config.mesh.listen)));
+            let mesh_listen: Vec<String> = config.mesh.listen.iter().map(|a| a.to_string()).collect();
+            turn.add_service_ports(std::iter::once(addr.port()).chain(multiaddr_ports(&mesh_listen)));
             Some(turn)
         } else {
             None
@@ -155,7 +159,7 @@ impl Server {
             calls,
         });
         if let Some(inbound) = inbound {
-            tokio::spawn(crate::api::federation::serve_inbound(state.clone(), inbound));
+            inbound.spawn(state.clone());
         }
         Ok(Self { state, listener, admin, tls, addr })
     }

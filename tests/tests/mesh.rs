@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use dht::record::{node_hex, user_key, UserRecord, ZoneClaim};
-use dht::{ClaimState, Mesh, MeshConfig, MeshRecord};
+use dht::{ClaimState, Mesh, MeshConfig, MeshRecord, RouteError};
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
-use signalling::{Address, CallId, EndReason, HistoryKind, NodeToClient, Outcome, Signal, ZoneName};
+use signalling::service::{CallService, Refusal};
+use signalling::{Address, CallId, EndReason, HistoryKind, NodeToClient, NodeToNode, Outcome, Signal, ZoneName};
 use xarxa_tests::{xarxa_bin, Device, Node, User, AUDIO, WAIT};
 
 /// Settings every mesh node in these tests runs with.
@@ -41,6 +42,11 @@ fn mesh_status_in(data: &Path) -> Result<Value> {
         bail!("mesh status failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `xarxa mesh ARGS…` against a running node.
+fn mesh_admin(node: &Node, args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new(xarxa_bin()?).arg("mesh").args(args).arg("--data").arg(node.data_dir()).output()?)
 }
 
 fn rejected(node: &Node, what: &str) -> u64 {
@@ -189,6 +195,18 @@ async fn five_zones_call_each_other_and_outlive_the_bootstrap() -> Result<()> {
     let call = d1.call_with("someone@nowhere", AUDIO).await?;
     d1.expect_ended(&call, EndReason::UnknownZone, WAIT).await?;
 
+    // `xarxa mesh ping`: the node service of another zone answers, with
+    // its clock; a zone nobody holds is said to be so.
+    let ping = mesh_admin(&nodes[1], &["ping", "z3"])?;
+    let pong: Value = serde_json::from_slice(&ping.stdout)?;
+    assert!(ping.status.success(), "mesh ping failed: {}", String::from_utf8_lossy(&ping.stderr));
+    assert_eq!(pong["zone"], "z3");
+    assert_eq!(pong["peer_id"].as_str(), nodes[3].info().peer_id.as_deref());
+    assert!(pong["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{pong}");
+    assert!(pong["clock_offset_ms"].as_f64().is_some_and(|ms| ms.abs() < 1000.0), "one machine's clock: {pong}");
+    let nowhere = mesh_admin(&nodes[1], &["ping", "nowhere"])?;
+    assert!(!nowhere.status.success() && String::from_utf8_lossy(&nowhere.stderr).contains("no node holds zone"));
+
     // The bootstrap node dies: the others still call each other, and a
     // call to its zone is "unreachable zone".
     nodes[0].kill9()?;
@@ -231,10 +249,12 @@ async fn rogue_records_are_refused_and_calls_reach_the_real_user() -> Result<()>
     let dir = tempfile::tempdir()?;
     let tree = sled::open(dir.path())?.open_tree("mesh")?;
     let rogue_key = SigningKey::from_bytes(&[0x66; 32]);
-    let mut config = MeshConfig::default();
-    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
-    config.bootstrap = n0.info().mesh.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
-    config.mdns = false;
+    let config = MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+        bootstrap: n0.info().mesh.iter().map(|a| a.parse()).collect::<Result<_, _>>()?,
+        mdns: false,
+        ..MeshConfig::default()
+    };
     let rogue = Mesh::start(rogue_key.clone(), tree, ZoneName::parse("r1")?, config).await?;
     let bob_addr = Address::parse(&bob.address)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -279,6 +299,25 @@ async fn rogue_records_are_refused_and_calls_reach_the_real_user() -> Result<()>
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let _ = rogue.put_raw(&old).await;
+    // (d) speak for bob's zone on the mesh: invite alice as bob@r1. Her
+    // node's service layer refuses it (the rogue does not hold r1's
+    // claim) before the calls service sees it: nothing rings.
+    let spoof = NodeToNode::Invite {
+        call: CallId("spoofed".into()),
+        from: bob_addr.clone(),
+        to: Address::parse(&alice.address)?,
+        media: AUDIO,
+    };
+    let got = rogue.send::<CallService>(&Address::parse(&alice.address)?, Some(&bob_addr.name), &spoof).await;
+    assert!(
+        matches!(got, Err(RouteError::Refused { code: Refusal::Unauthorised, .. })),
+        "the spoofed invite was not refused as unauthorised: {got:?}"
+    );
+    assert_eq!(mesh_status(&n2)?["refused_requests"]["unauthorised"].as_u64(), Some(1));
+    ad.expect_no_event_matching("a spoofed call", Duration::from_millis(500), |ev| {
+        matches!(ev, NodeToClient::Incoming { .. })
+    })
+    .await?;
 
     let honest = [&n0, &n1, &n2];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

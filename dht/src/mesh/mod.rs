@@ -89,6 +89,8 @@ struct Shared {
     claim_cache: Mutex<HashMap<ZoneName, (SignedZoneClaim, Instant)>>,
     /// The services this node serves.
     services: service::Registry,
+    /// Peers recently found to hold the zones they speak for.
+    authenticated: service::Authenticated,
     /// Requests of other nodes refused, by cause.
     refused_requests: Mutex<std::collections::BTreeMap<Refusal, u64>>,
 }

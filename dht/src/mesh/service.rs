@@ -40,6 +40,14 @@ const MAX_AUTHENTICATING: usize = 256;
 /// Peers whose request rate is tracked; past that, the idle ones are
 /// forgotten.
 const MAX_TRACKED_PEERS: usize = 4096;
+/// How long a peer found to hold a zone is believed without asking again
+/// (protocol time): a conversation's requests cost one check, whatever
+/// `cache_ttl` is, and a zone handed to a new key is believed of the old
+/// one for at most this long.
+const AUTH_TTL: Duration = Duration::from_secs(60);
+/// (peer, zone) pairs remembered as authenticated; past that, all are
+/// forgotten.
+const MAX_AUTHENTICATED: usize = 4096;
 
 /// An inbound request as the swarm task hands it over: not yet read.
 #[derive(Debug)]
@@ -58,6 +66,10 @@ struct Registration {
 /// The services this node serves, by name.
 #[derive(Default)]
 pub(super) struct Registry(std::sync::Mutex<HashMap<&'static str, Registration>>);
+
+/// Peers recently found to hold a zone, and when.
+#[derive(Default)]
+pub(super) struct Authenticated(std::sync::Mutex<HashMap<(PeerId, ZoneName), Instant>>);
 
 /// A request of service `S` from another node, authenticated: the sending
 /// peer holds the claim of `zone`.
@@ -279,6 +291,25 @@ impl Mesh {
     }
 }
 
+/// Whether `peer` holds `zone`: believed for [`AUTH_TTL`] once the mesh
+/// said so.
+async fn authenticated(mesh: &Mesh, peer: PeerId, zone: &ZoneName) -> bool {
+    let ttl = mesh.config.stretch(AUTH_TTL);
+    let key = (peer, zone.clone());
+    if lock(&mesh.shared.authenticated.0).get(&key).is_some_and(|at| at.elapsed() < ttl) {
+        return true;
+    }
+    let holds = mesh.holds_zone(peer, zone).await;
+    if holds {
+        let mut known = lock(&mesh.shared.authenticated.0);
+        if known.len() >= MAX_AUTHENTICATED {
+            known.clear();
+        }
+        known.insert(key, Instant::now());
+    }
+    holds
+}
+
 /// The router: checks each inbound request and hands it to its service.
 pub(super) async fn route(mesh: Mesh, mut inbound: mpsc::Receiver<RawInbound>) {
     let mut rates = RateLimits { per_second: f64::from(mesh.config.peer_requests_per_second), peers: HashMap::new() };
@@ -317,7 +348,7 @@ pub(super) async fn route(mesh: Mesh, mut inbound: mpsc::Receiver<RawInbound>) {
         tokio::spawn(async move {
             let _permit = permit;
             let (cmd, shared) = (&mesh.cmd, &mesh.shared);
-            if !mesh.holds_zone(raw.peer, &raw.request.zone).await {
+            if !authenticated(&mesh, raw.peer, &raw.request.zone).await {
                 debug!(peer = %raw.peer, zone = %raw.request.zone, "refused a request: the sender does not hold the zone");
                 let why = format!("sender does not hold zone {}", raw.request.zone);
                 return refuse(cmd, shared, raw.channel, Refusal::Unauthorised, why).await;

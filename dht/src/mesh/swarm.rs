@@ -118,19 +118,26 @@ pub(super) fn build(
     };
     let idle_timeout = config.idle_timeout;
     let idle = move |c: libp2p::swarm::Config| c.with_idle_connection_timeout(idle_timeout);
+    // The builder's steps after the transport, the same on either network
+    // (a macro: each step changes the builder's type).
+    macro_rules! finish {
+        ($builder:expr) => {
+            $builder
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| transport(&e))?
+                .with_behaviour(behaviour)
+                .map_err(|e| transport(&e))?
+                .with_swarm_config(idle)
+                .build()
+        };
+    }
     let mut swarm = match &config.network {
-        Network::Native => libp2p::SwarmBuilder::with_existing_identity(keypair)
+        Network::Native => finish!(libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
             .map_err(|e| transport(&e))?
-            .with_quic()
-            .with_relay_client(noise::Config::new, yamux::Config::default)
-            .map_err(|e| transport(&e))?
-            .with_behaviour(behaviour)
-            .map_err(|e| transport(&e))?
-            .with_swarm_config(idle)
-            .build(),
-        Network::Simulated(netem) => libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_quic()),
+        Network::Simulated(netem) => finish!(libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_other_transport(|key| {
                 use libp2p::core::muxing::StreamMuxerBox;
@@ -153,13 +160,7 @@ pub(super) fn build(
                 };
                 Ok(transport)
             })
-            .map_err(|e| transport(&e))?
-            .with_relay_client(noise::Config::new, yamux::Config::default)
-            .map_err(|e| transport(&e))?
-            .with_behaviour(behaviour)
-            .map_err(|e| transport(&e))?
-            .with_swarm_config(idle)
-            .build(),
+            .map_err(|e| transport(&e))?),
     };
     for addr in &config.listen {
         swarm.listen_on(addr.clone()).map_err(|e| MeshError::Listen { addr: addr.clone(), why: e.to_string() })?;

@@ -10,13 +10,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use signalling::UserName;
+use signalling::service::{NodeAnswer, NodeQuery, NodeService};
+use signalling::{UserName, ZoneName};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
 use crate::server::ServerError;
-use crate::services::accounts::{AccountError, Accounts};
+use crate::services::accounts::{now_ms, AccountError, Accounts};
 use crate::services::calls::{Calls, Command};
 use crate::state::AppState;
 use crate::store::Store;
@@ -61,6 +62,12 @@ pub enum AdminRequest {
     Status,
     /// Mesh status: peers, routing table, records, rejections, deliveries.
     MeshStatus,
+    /// Ask the node holding a zone whether it answers (the mesh's node
+    /// service): round trip, clock offset, version.
+    MeshPing {
+        /// The zone.
+        zone: String,
+    },
 }
 
 impl AdminRequest {
@@ -75,6 +82,7 @@ impl AdminRequest {
             Self::InviteList => "invite list",
             Self::Status => "status",
             Self::MeshStatus => "mesh status",
+            Self::MeshPing { .. } => "mesh ping",
         }
     }
 }
@@ -171,12 +179,39 @@ pub async fn execute(
                 None if calls.is_some() => Ok(json!({"enabled": false})),
                 None => Err(AccountError::Internal("the node is not running; mesh status needs it".into())),
             },
+            AdminRequest::MeshPing { zone } => match mesh {
+                Some(m) => mesh_ping(m, &zone).await.map_err(AccountError::Internal),
+                None if calls.is_some() => Err(AccountError::Internal("the mesh is disabled".into())),
+                None => Err(AccountError::Internal("the node is not running; mesh ping needs it".into())),
+            },
         }
     }
     .await;
     match result {
         Ok(data) => AdminResponse::Ok { data },
         Err(e) => AdminResponse::Error { message: e.to_string() },
+    }
+}
+
+/// Asks the node holding `zone` the node service's ping: the round trip,
+/// and how far its clock is from this node's (its wall clock minus this
+/// one's at the middle of the round trip).
+async fn mesh_ping(mesh: &dht::Mesh, zone: &str) -> Result<Value, String> {
+    let zone = ZoneName::parse(zone).map_err(|e| format!("zone: {e}"))?;
+    let claim = mesh.zone_claim(&zone).await.ok_or_else(|| format!("no node holds zone {zone}"))?;
+    let peer = dht::mesh::peer_of(&claim.claim.node).ok_or("the zone's claim names no valid node")?;
+    let addrs = claim.claim.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+    let sent_ms = now_ms();
+    let started = std::time::Instant::now();
+    let answer = mesh.request::<NodeService>(peer, addrs, None, &NodeQuery::Ping).await.map_err(|e| e.to_string())?;
+    let rtt = started.elapsed();
+    match answer {
+        NodeAnswer::Pong { zone: answered, version, wall_ms } => {
+            let middle = sent_ms as f64 + rtt.as_secs_f64() * 500.0;
+            Ok(json!({"zone": answered.as_str(), "peer_id": peer.to_string(), "version": version,
+                      "rtt_ms": rtt.as_secs_f64() * 1000.0, "clock_offset_ms": wall_ms as f64 - middle}))
+        }
+        other => Err(format!("unexpected answer: {other:?}")),
     }
 }
 

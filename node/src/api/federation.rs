@@ -1,53 +1,98 @@
-//! Calls from other zones: checks every signalling message another node
-//! sends before it reaches the calls service.
+//! The node's edge toward other nodes: each service this node runs on the
+//! mesh reads its requests here and hands them to its domain's service.
 //!
-//! An invite must come from the node that holds the caller's zone (checked
-//! against the zone's claim in the mesh) and name a user of this zone.
-//! Every later message of a call must come from the node the call was set
-//! up with (checked by the calls service).
+//! The mesh's service layer (`dht::service`) has already authenticated
+//! every request: its sending node holds the claim of the zone it speaks
+//! for. What is left here is each service's own check:
+//!
+//! - **calls**: an invite must name as its caller the user the request
+//!   acts for, and as its callee a user of this zone; every later message
+//!   of a call must come from the node the call was set up with (checked
+//!   by the calls service).
+//! - **node**: answered here (zone, version, wall clock).
+//!
+//! A new service registers its queue in [`Inbound::serve`] and gets a
+//! reader in [`Inbound::spawn`].
 
 use std::sync::Arc;
 
-use dht::{Inbound, Receipt};
+use dht::{Incoming, Mesh, MeshError};
+use signalling::service::{CallService, NodeAnswer, NodeQuery, NodeService};
 use signalling::{EndReason, NodeToNode};
-use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::pii::Pii;
+use crate::services::accounts::now_ms;
 use crate::services::calls::Command;
 use crate::state::AppState;
 
-/// Reads inbound signalling from the mesh until it stops.
-pub async fn serve_inbound(state: Arc<AppState>, mut inbound: mpsc::Receiver<Inbound>) {
-    while let Some(Inbound { peer, msg, reply }) = inbound.recv().await {
-        match msg {
+/// Call requests queued before the mesh answers "busy".
+const CALL_QUEUE: usize = 1024;
+/// Node questions queued before the mesh answers "busy".
+const NODE_QUEUE: usize = 64;
+
+/// The queues of the services this node runs on the mesh.
+pub struct Inbound {
+    calls: Incoming<CallService>,
+    node: Incoming<NodeService>,
+}
+
+impl Inbound {
+    /// Registers every service with the mesh (before the node publishes
+    /// anything, so no request finds a service missing).
+    pub fn serve(mesh: &Mesh) -> Result<Self, MeshError> {
+        Ok(Self { calls: mesh.serve::<CallService>(CALL_QUEUE)?, node: mesh.serve::<NodeService>(NODE_QUEUE)? })
+    }
+
+    /// Starts one reader per service; each runs until the mesh stops.
+    pub fn spawn(self, state: Arc<AppState>) {
+        tokio::spawn(serve_calls(state.clone(), self.calls));
+        tokio::spawn(serve_node(state, self.node));
+    }
+}
+
+/// Hands call requests to the calls service, in the order they came.
+async fn serve_calls(state: Arc<AppState>, mut inbound: Incoming<CallService>) {
+    while let Some(req) = inbound.recv().await {
+        let acting_for = req.acting_for();
+        let dht::Inbound { peer, request, reply, .. } = req;
+        match request {
             NodeToNode::Invite { call, from, to, media } => {
-                let state = state.clone();
-                // The zone check may need a lookup: do not hold up other calls.
-                tokio::spawn(async move {
-                    let zone = state.accounts.zone();
-                    if &to.zone != zone {
-                        return reply.send(Receipt::Refused { reason: "not this node's zone".into() }).await;
+                if &to.zone != state.accounts.zone() {
+                    reply.refuse("not this node's zone").await;
+                    continue;
+                }
+                if acting_for.as_ref() != Some(&from) {
+                    warn!(%peer, from = %Pii(&from), "invite naming a caller the request does not act for");
+                    reply.refuse("the caller is not the user the request acts for").await;
+                    continue;
+                }
+                let refused = match state.store.user_exists(to.name.as_str()) {
+                    Ok(true) => None,
+                    Ok(false) => Some(EndReason::UnknownUser),
+                    Err(e) => {
+                        warn!(error = %e, "user lookup failed");
+                        reply.refuse("store error").await;
+                        continue;
                     }
-                    let Some(mesh) = &state.mesh else { return };
-                    if !mesh.holds_zone(peer, &from.zone).await {
-                        warn!(%peer, from = %Pii(&from), "invite from a node that does not hold the caller's zone");
-                        return reply
-                            .send(Receipt::Refused { reason: "sender does not hold the caller's zone".into() })
-                            .await;
-                    }
-                    let refused = match state.store.user_exists(to.name.as_str()) {
-                        Ok(true) => None,
-                        Ok(false) => Some(EndReason::UnknownUser),
-                        Err(e) => {
-                            warn!(error = %e, "user lookup failed");
-                            return reply.send(Receipt::Refused { reason: "store error".into() }).await;
-                        }
-                    };
-                    state.calls.send(Command::Invited { peer, call, from, to, media, refused, reply }).await;
-                });
+                };
+                state.calls.send(Command::Invited { peer, call, from, to, media, refused, reply }).await;
             }
             msg => state.calls.send(Command::FromNode { peer, msg, reply }).await,
+        }
+    }
+}
+
+/// Answers questions about this node.
+async fn serve_node(state: Arc<AppState>, mut inbound: Incoming<NodeService>) {
+    while let Some(req) = inbound.recv().await {
+        match req.request {
+            NodeQuery::Ping => {
+                let zone = state.accounts.zone().clone();
+                let version = env!("CARGO_PKG_VERSION").to_string();
+                req.reply.ok(NodeAnswer::Pong { zone, version, wall_ms: now_ms() }).await;
+            }
+            _ => req.reply.refuse("this node does not know that question").await,
         }
     }
 }

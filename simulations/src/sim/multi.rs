@@ -140,17 +140,19 @@ pub async fn run(o: &MultiOptions, progress: bool) -> anyhow::Result<MultiSummar
     // The observer.
     let dir = tempfile::tempdir()?;
     let tree = sled::open(dir.path())?.open_tree("mesh")?;
-    let mut c = MeshConfig::default();
-    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed ^ 0x0b5e);
     let mut boot: Vec<Multiaddr> =
         procs.iter().flat_map(|p| p.info().mesh.clone()).filter_map(|a| a.parse().ok()).collect();
     boot.shuffle(&mut rng);
     boot.truncate(3);
-    c.bootstrap = boot;
-    c.mdns = false;
-    c.cache_ttl = Duration::ZERO;
-    c.request_timeout = Duration::from_secs(5);
+    let c = MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+        bootstrap: boot,
+        mdns: false,
+        cache_ttl: Duration::ZERO,
+        request_timeout: Duration::from_secs(5),
+        ..MeshConfig::default()
+    };
     let mut key = [0u8; 32];
     rng.fill(&mut key);
     let observer = Mesh::start(SigningKey::from_bytes(&key), tree, ZoneName::parse("observer")?, c).await?;

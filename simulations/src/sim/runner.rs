@@ -144,23 +144,25 @@ impl Sim {
     async fn start_node(self: &Arc<Self>, i: usize) -> anyhow::Result<()> {
         let n = &self.plan.nodes[i];
         let s = &self.plan.scenario;
-        let mut c = MeshConfig::default();
-        c.listen = vec![memory_addr(n.port)];
-        c.bootstrap = n.bootstrap.iter().map(|&b| self.addr_of(b)).collect();
-        c.relays = n.via.map(|r| vec![self.addr_of(r)]).unwrap_or_default();
-        c.mdns = false;
-        c.relay_server = !n.nat;
-        c.claim_ttl = secs(s.mesh.claim_ttl_s);
-        c.user_ttl = secs(s.mesh.user_ttl_s);
-        c.republish = secs(s.mesh.republish_s);
-        c.cache_ttl = Duration::from_millis(s.mesh.cache_ttl_ms);
-        c.request_timeout = Duration::from_millis(s.mesh.request_timeout_ms);
-        c.retries = s.mesh.retries;
-        c.max_connections = s.mesh.max_connections;
-        c.idle_timeout = secs(s.mesh.idle_timeout_s);
-        c.bootstrap_interval = secs(s.mesh.bootstrap_interval_s);
-        c.time_scale = self.scale;
-        c.network = Network::Simulated(self.netem.clone());
+        let c = MeshConfig {
+            listen: vec![memory_addr(n.port)],
+            bootstrap: n.bootstrap.iter().map(|&b| self.addr_of(b)).collect(),
+            relays: n.via.map(|r| vec![self.addr_of(r)]).unwrap_or_default(),
+            mdns: false,
+            relay_server: !n.nat,
+            claim_ttl: secs(s.mesh.claim_ttl_s),
+            user_ttl: secs(s.mesh.user_ttl_s),
+            republish: secs(s.mesh.republish_s),
+            cache_ttl: Duration::from_millis(s.mesh.cache_ttl_ms),
+            request_timeout: Duration::from_millis(s.mesh.request_timeout_ms),
+            retries: s.mesh.retries,
+            max_connections: s.mesh.max_connections,
+            idle_timeout: secs(s.mesh.idle_timeout_s),
+            bootstrap_interval: secs(s.mesh.bootstrap_interval_s),
+            time_scale: self.scale,
+            network: Network::Simulated(self.netem.clone()),
+            ..MeshConfig::default()
+        };
         self.netem.revive(n.port);
         self.netem.set_nat(n.port, n.nat);
         let tree = self.db.open_tree(format!("n{i}"))?;

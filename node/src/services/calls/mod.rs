@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dht::mesh::PeerId;
-use dht::{Mesh, Receipt, Responder};
+use dht::{Mesh, Responder};
 use rand::RngCore;
+use signalling::service::CallService;
 use signalling::{
     Address, CallId, CallRecord, ClientToNode, Config as SbConfig, DeviceId, EndReason, ErrorCode, HistoryEntry,
     HistoryKind, Input, Media, NodeToClient, NodeToNode, Notice, Output, RequestId, Route, Stats, Switchboard, Time,
@@ -108,7 +109,7 @@ pub enum Command {
         ids: Vec<String>,
     },
     /// Another node invites a local user (the sender is verified to hold
-    /// the caller's zone).
+    /// the caller's zone, and to act for the caller).
     Invited {
         /// The inviting node.
         peer: PeerId,
@@ -123,7 +124,7 @@ pub enum Command {
         /// `None` if the callee exists here, else why not.
         refused: Option<EndReason>,
         /// The delivery receipt.
-        reply: Responder,
+        reply: Responder<CallService>,
     },
     /// A message from another node about a call crossing nodes.
     FromNode {
@@ -132,7 +133,7 @@ pub enum Command {
         /// The message.
         msg: NodeToNode,
         /// The delivery receipt.
-        reply: Responder,
+        reply: Responder<CallService>,
     },
     /// The home node of a remote callee was found and took the invite.
     PeerResolved {
@@ -359,21 +360,21 @@ impl Actor {
             }
             Command::Invited { peer, call, from, to, media, refused, reply } => {
                 if !self.remote.contains_key(&call) {
-                    self.remote.insert(call.clone(), RemoteLeg { peer: Some(peer), queue: None });
+                    let leg = RemoteLeg { peer: Some(peer), local: Some(to.name.clone()), queue: None };
+                    self.remote.insert(call.clone(), leg);
                     info!(call = %call.0, from = %Pii(&from), "invited from another zone");
                     self.sb.handle_input(now, Input::Invited { call, from, to, media, refused });
                 }
-                tokio::spawn(reply.send(Receipt::Delivered));
+                tokio::spawn(reply.ok(()));
             }
             Command::FromNode { peer, msg, reply } => {
                 let known = self.remote.get(msg.call()).is_some_and(|r| r.peer == Some(peer));
-                let receipt = if known {
+                if known {
                     self.sb.handle_input(now, Input::FromNode { msg });
-                    Receipt::Delivered
+                    tokio::spawn(reply.ok(()));
                 } else {
-                    Receipt::Refused { reason: "no such call with this node".into() }
-                };
-                tokio::spawn(reply.send(receipt));
+                    tokio::spawn(reply.refuse("no such call with this node"));
+                }
             }
             Command::PeerResolved { call, peer } => {
                 if let Some(r) = self.remote.get_mut(&call) {
@@ -479,10 +480,17 @@ impl Actor {
             return;
         };
         let call = msg.call().clone();
-        let leg = self.remote.entry(call.clone()).or_insert(RemoteLeg { peer: None, queue: None });
+        // The caller's node learns its local party from the invite; the
+        // callee's node set it when invited.
+        let caller = match &msg {
+            NodeToNode::Invite { from, .. } => Some(from.name.clone()),
+            _ => None,
+        };
+        let leg = self.remote.entry(call.clone()).or_insert(RemoteLeg { peer: None, local: caller, queue: None });
         let queue = leg.queue.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
-            tokio::spawn(deliver(mesh, leg.peer, peer_user, call.clone(), rx, self.me.clone()));
+            let ends = remote::Ends { peer: leg.peer, local: leg.local.clone(), remote: peer_user };
+            tokio::spawn(deliver(mesh, ends, call.clone(), rx, self.me.clone()));
             tx
         });
         if queue.try_send(msg).is_err() {
