@@ -6,8 +6,10 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{autonat, connection_limits, dcutr, identify, identity, kad, mdns, ping, relay, PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
 use signalling::service::{NodeReply, NodeRequest};
 
+use crate::record::SignedZoneClaim;
 use crate::store::PersistentStore;
 
 /// The Kademlia protocol name: Xarxa's own DHT, apart from any other.
@@ -19,6 +21,21 @@ pub const SERVICE_PROTOCOL: StreamProtocol = StreamProtocol::new("/xarxa/service
 pub const IDENTIFY_VERSION: &str = "/xarxa/id/1.0.0";
 /// Largest service request or reply, in bytes (envelope included).
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// The admission protocol: a peer shows the zone claim of its own key
+/// before it enters the routing table (see `mesh::admission`).
+pub const CLAIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/xarxa/claim/1");
+
+/// Asks a peer for the zone claim of its own key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClaimAsk {}
+
+/// The answer to a [`ClaimAsk`]: the peer's claim, signed now, or none
+/// (its zone is held by another key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimShown {
+    /// The claim.
+    pub claim: Option<SignedZoneClaim>,
+}
 
 /// Everything a zone node speaks on the mesh.
 #[derive(NetworkBehaviour)]
@@ -33,6 +50,8 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     /// Requests between the nodes' services (calls, and what comes next).
     pub service: request_response::json::Behaviour<NodeRequest, NodeReply>,
+    /// Admission: peers show their zone claim before they are routed to.
+    pub claim: request_response::json::Behaviour<ClaimAsk, ClaimShown>,
     /// Reaching nodes behind NAT through a relay.
     pub relay_client: relay::client::Behaviour,
     /// Serving as a relay for others (optional).
@@ -85,7 +104,11 @@ impl Behaviour {
             .set_record_ttl(None)
             .set_query_timeout(stretch(Duration::from_secs(10)))
             .set_substreams_timeout(config.request_timeout)
-            .set_periodic_bootstrap_interval(Some(config.bootstrap_interval));
+            .set_periodic_bootstrap_interval(Some(config.bootstrap_interval))
+            // Peers enter the routing table only once they showed a zone
+            // claim (`mesh::admission`): a foreign peer may ask questions,
+            // it may not shape others' tables or their FIND_NODE answers.
+            .set_kbucket_inserts(kad::BucketInserts::Manual);
         let mut kad = kad::Behaviour::with_config(peer, store, kad_config);
         kad.set_mode(Some(kad::Mode::Server));
         let limits = connection_limits::ConnectionLimits::default()
@@ -101,6 +124,15 @@ impl Behaviour {
             request_response::Config::default()
                 .with_request_timeout(config.request_timeout)
                 .with_max_concurrent_streams(256),
+        );
+        let claim = request_response::Behaviour::with_codec(
+            request_response::json::codec::Codec::default()
+                .set_request_size_maximum(64)
+                .set_response_size_maximum(crate::record::MAX_RECORD_BYTES as u64),
+            [(CLAIM_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(config.request_timeout)
+                .with_max_concurrent_streams(64),
         );
         let mdns = if config.mdns { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?) } else { None };
         // Signalling is small but calls are long: allow circuits to live.
@@ -123,6 +155,7 @@ impl Behaviour {
                     .with_timeout(stretch(Duration::from_secs(20))),
             ),
             service,
+            claim,
             relay_client,
             relay: Toggle::from(relay),
             dcutr: dcutr::Behaviour::new(peer),

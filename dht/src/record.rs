@@ -29,6 +29,8 @@ pub const MAX_SKEW_MS: u64 = 5 * 60 * 1000;
 pub const MAX_LIFETIME_MS: u64 = 7 * 24 * 3600 * 1000;
 
 const ZONE_TAG: &[u8] = b"xarxa/zone-claim/v1\0";
+/// Claims that carry `first_claimed_at_ms` (the second format).
+const ZONE_TAG_V2: &[u8] = b"xarxa/zone-claim/v2\0";
 const USER_TAG: &[u8] = b"xarxa/user-record/v1\0";
 
 /// The body of a zone claim.
@@ -46,6 +48,12 @@ pub struct ZoneClaim {
     pub issued_at_ms: u64,
     /// When it lapses, ms since the Unix epoch.
     pub expires_at_ms: u64,
+    /// When this key first claimed the zone, ms since the Unix epoch: the
+    /// same in every renewal, and what settles a tie between claims that
+    /// as many nodes hold (the older claim wins). `None` in claims of the
+    /// first format, which are signed under their own tag and still read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_claimed_at_ms: Option<u64>,
 }
 
 /// A zone claim with its signature.
@@ -125,6 +133,36 @@ pub enum RecordError {
     /// A user record signed by a key that does not hold its zone.
     #[error("user record not signed by the zone's node")]
     WrongZoneKey,
+    /// A renewal that changes when the zone was first claimed, or a claim
+    /// first made after it was issued.
+    #[error("claim history rewritten")]
+    HistoryRewritten,
+    /// A first claim by a key that already holds as many zones as a key
+    /// may.
+    #[error("the key holds too many zones")]
+    TooManyZones,
+    /// A first claim of a new name from a peer or address that brought in
+    /// more new names than its share.
+    #[error("too many new zone names from one peer or address")]
+    ClaimRateLimited,
+}
+
+impl RecordError {
+    /// The counter this refusal is counted under (as `mesh status` names
+    /// it).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) | Self::KeyMismatch => "malformed",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "expired",
+            Self::Replayed { .. } => "replayed",
+            Self::ZoneTaken => "zone_taken",
+            Self::WrongZoneKey => "wrong_zone_key",
+            Self::HistoryRewritten => "history_rewritten",
+            Self::TooManyZones => "too_many_zones",
+            Self::ClaimRateLimited => "claim_rate_limited",
+        }
+    }
 }
 
 /// Counters of refused records, by cause.
@@ -142,6 +180,12 @@ pub struct Rejections {
     pub zone_taken: AtomicU64,
     /// User records not signed by the zone's node.
     pub wrong_zone_key: AtomicU64,
+    /// Renewals rewriting when the zone was first claimed.
+    pub history_rewritten: AtomicU64,
+    /// First claims by keys holding too many zones.
+    pub too_many_zones: AtomicU64,
+    /// New names past a peer's or an address's share.
+    pub claim_rate_limited: AtomicU64,
 }
 
 /// A snapshot of [`Rejections`].
@@ -159,6 +203,15 @@ pub struct RejectionCounts {
     pub zone_taken: u64,
     /// User records not signed by the zone's node.
     pub wrong_zone_key: u64,
+    /// Renewals rewriting when the zone was first claimed.
+    #[serde(default)]
+    pub history_rewritten: u64,
+    /// First claims by keys holding too many zones (squatting).
+    #[serde(default)]
+    pub too_many_zones: u64,
+    /// New zone names past a peer's or an address's share (squatting).
+    #[serde(default)]
+    pub claim_rate_limited: u64,
 }
 
 impl Rejections {
@@ -171,6 +224,9 @@ impl Rejections {
             RecordError::Replayed { .. } => &self.replayed,
             RecordError::ZoneTaken => &self.zone_taken,
             RecordError::WrongZoneKey => &self.wrong_zone_key,
+            RecordError::HistoryRewritten => &self.history_rewritten,
+            RecordError::TooManyZones => &self.too_many_zones,
+            RecordError::ClaimRateLimited => &self.claim_rate_limited,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -185,6 +241,9 @@ impl Rejections {
             replayed: g(&self.replayed),
             zone_taken: g(&self.zone_taken),
             wrong_zone_key: g(&self.wrong_zone_key),
+            history_rewritten: g(&self.history_rewritten),
+            too_many_zones: g(&self.too_many_zones),
+            claim_rate_limited: g(&self.claim_rate_limited),
         }
     }
 }
@@ -250,8 +309,24 @@ fn check_addrs(addrs: &[String]) -> Result<(), RecordError> {
 impl ZoneClaim {
     /// Signs this claim with `key` (which must be `self.node`'s key).
     pub fn sign(self, key: &SigningKey) -> SignedZoneClaim {
-        let sig = sign(key, ZONE_TAG, &self);
+        let sig = sign(key, self.tag(), &self);
         SignedZoneClaim { claim: self, sig }
+    }
+
+    /// The signature's domain tag: one per format.
+    fn tag(&self) -> &'static [u8] {
+        if self.first_claimed_at_ms.is_some() {
+            ZONE_TAG_V2
+        } else {
+            ZONE_TAG
+        }
+    }
+
+    /// When the zone was first claimed by this key, as far as the claim
+    /// says: `first_claimed_at_ms`, or for a claim of the first format
+    /// (which does not say) when it was issued.
+    pub fn first_claimed(&self) -> u64 {
+        self.first_claimed_at_ms.unwrap_or(self.issued_at_ms)
     }
 }
 
@@ -259,8 +334,12 @@ impl SignedZoneClaim {
     /// Checks the signature, times and sizes (not first-claim-wins).
     pub fn verify(&self, now_ms: u64) -> Result<(), RecordError> {
         check_addrs(&self.claim.addrs)?;
-        verify(&self.claim.node, ZONE_TAG, &self.claim, &self.sig)?;
-        check_times(self.claim.issued_at_ms, self.claim.expires_at_ms, now_ms)
+        verify(&self.claim.node, self.claim.tag(), &self.claim, &self.sig)?;
+        check_times(self.claim.issued_at_ms, self.claim.expires_at_ms, now_ms)?;
+        if self.claim.first_claimed() > self.claim.issued_at_ms {
+            return Err(RecordError::HistoryRewritten);
+        }
+        Ok(())
     }
 }
 
@@ -389,6 +468,13 @@ pub fn validate(
         if rec.seq() < old.seq() || (rec.seq() == old.seq() && rec != *old) {
             return Err(RecordError::Replayed { got: rec.seq(), have: old.seq() });
         }
+        // A renewal keeps the claim's history: once a claim says when the
+        // zone was first claimed, every later one says the same.
+        if let (MeshRecord::Zone(new), MeshRecord::Zone(old)) = (&rec, old) {
+            if old.claim.first_claimed_at_ms.is_some_and(|f| new.claim.first_claimed_at_ms != Some(f)) {
+                return Err(RecordError::HistoryRewritten);
+            }
+        }
     }
     if let (MeshRecord::User(u), Some(old)) = (&rec, existing) {
         // A live record of another node for this user stands unless the
@@ -418,6 +504,7 @@ mod tests {
             seq,
             issued_at_ms: NOW,
             expires_at_ms: NOW + 3_600_000,
+            first_claimed_at_ms: Some(NOW - 86_400_000),
         }
         .sign(k)
     }
@@ -499,6 +586,37 @@ mod tests {
         let r = Rejections::default();
         r.count(&RecordError::ZoneTaken);
         assert_eq!(r.snapshot().zone_taken, 1);
+    }
+
+    #[test]
+    fn claims_keep_their_history_and_the_first_format_still_reads() {
+        let a = key(1);
+        let first = claim(&a, "sants", 1);
+        // A renewal must say the same first-claim time.
+        let mut rewritten = first.claim.clone();
+        rewritten.seq = 2;
+        rewritten.first_claimed_at_ms = Some(NOW - 1);
+        let held = MeshRecord::Zone(first.clone());
+        assert_eq!(check(&MeshRecord::Zone(rewritten.sign(&a)), Some(&held), None), Err(RecordError::HistoryRewritten));
+        // Nor can a claim be first made after it was issued.
+        let mut later = first.claim.clone();
+        later.first_claimed_at_ms = Some(NOW + 1);
+        assert_eq!(check(&MeshRecord::Zone(later.sign(&a)), None, None), Err(RecordError::HistoryRewritten));
+        // A claim of the first format: no first-claim time, its own tag.
+        let mut v1 = first.claim.clone();
+        v1.first_claimed_at_ms = None;
+        let v1 = v1.sign(&a);
+        assert!(!String::from_utf8_lossy(&MeshRecord::Zone(v1.clone()).encode()).contains("first_claimed"));
+        assert!(check(&MeshRecord::Zone(v1.clone()), None, None).is_ok());
+        assert_eq!(v1.claim.first_claimed(), NOW);
+        // Its renewal into the second format is fine; the signatures of the
+        // two formats do not stand for each other.
+        let mut renewed = first.claim.clone();
+        renewed.seq = 3;
+        assert!(check(&MeshRecord::Zone(renewed.sign(&a)), Some(&MeshRecord::Zone(v1.clone())), None).is_ok());
+        let mut relabelled = v1;
+        relabelled.claim.first_claimed_at_ms = Some(NOW - 5);
+        assert_eq!(check(&MeshRecord::Zone(relabelled), None, None), Err(RecordError::BadSignature));
     }
 
     proptest::proptest! {

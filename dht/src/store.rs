@@ -6,6 +6,7 @@
 //! Xarxa and stay in memory.
 
 use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore, Result};
@@ -22,6 +23,11 @@ pub const MAX_RECORDS: usize = 100_000;
 pub struct PersistentStore {
     mem: MemoryStore,
     tree: sled::Tree,
+    /// The keys of the zone claims held, by the node key that signed them
+    /// (to bound the zones one key may hold).
+    zones_by_node: HashMap<String, BTreeSet<Vec<u8>>>,
+    /// The other way: which node key signed the claim held under a key.
+    node_of_zone: HashMap<Vec<u8>, String>,
 }
 
 fn wall_ms() -> u64 {
@@ -38,23 +44,57 @@ impl PersistentStore {
     pub fn open(local: PeerId, tree: sled::Tree) -> Self {
         let config =
             MemoryStoreConfig { max_records: MAX_RECORDS, max_value_bytes: MAX_RECORD_BYTES, ..Default::default() };
-        let mut mem = MemoryStore::with_config(local, config);
+        let mem = MemoryStore::with_config(local, config);
+        let mut store = Self { mem, tree, zones_by_node: HashMap::new(), node_of_zone: HashMap::new() };
         let now = wall_ms();
         let mut stale = Vec::new();
-        for (k, v) in tree.iter().flatten() {
+        let mut live = Vec::new();
+        for (k, v) in store.tree.iter().flatten() {
             match MeshRecord::decode(&v) {
                 Ok(rec) if rec.expires_at_ms() > now => {
                     let mut r = Record::new(RecordKey::new(&k.to_vec()), v.to_vec());
                     r.expires = Some(expiry_instant(rec.expires_at_ms()));
-                    let _ = mem.put(r);
+                    live.push((r, rec));
                 }
                 _ => stale.push(k),
             }
         }
-        for k in stale {
-            let _ = tree.remove(k);
+        for (r, rec) in live {
+            store.index(&r.key, Some(&rec));
+            let _ = store.mem.put(r);
         }
-        Self { mem, tree }
+        for k in stale {
+            let _ = store.tree.remove(k);
+        }
+        store
+    }
+
+    /// Keeps [`PersistentStore::zones_by_node`] true for `key`, now holding
+    /// `rec` (or nothing).
+    fn index(&mut self, key: &RecordKey, rec: Option<&MeshRecord>) {
+        let k = key.to_vec();
+        if let Some(old) = self.node_of_zone.remove(&k) {
+            if let Some(keys) = self.zones_by_node.get_mut(&old) {
+                keys.remove(&k);
+                if keys.is_empty() {
+                    self.zones_by_node.remove(&old);
+                }
+            }
+        }
+        if let Some(MeshRecord::Zone(c)) = rec {
+            self.zones_by_node.entry(c.claim.node.clone()).or_default().insert(k.clone());
+            self.node_of_zone.insert(k, c.claim.node.clone());
+        }
+    }
+
+    /// How many live zone claims signed by `node` (hex key) are held,
+    /// other than the one under `except`.
+    pub fn live_zones_of(&self, node: &str, except: &[u8]) -> usize {
+        let Some(keys) = self.zones_by_node.get(node) else { return 0 };
+        keys.iter()
+            .filter(|k| k.as_slice() != except)
+            .filter(|k| matches!(self.mesh_record(k), Some(MeshRecord::Zone(c)) if c.claim.node == node))
+            .count()
     }
 
     /// How many records are held.
@@ -86,7 +126,9 @@ impl RecordStore for PersistentStore {
     fn put(&mut self, r: Record) -> Result<()> {
         let key = r.key.to_vec();
         let value = r.value.clone();
+        let rec_key = r.key.clone();
         self.mem.put(r)?;
+        self.index(&rec_key, MeshRecord::decode(&value).ok().as_ref());
         if let Err(e) = self.tree.insert(key, value) {
             warn!(error = %e, "persisting a mesh record failed");
         }
@@ -95,6 +137,7 @@ impl RecordStore for PersistentStore {
 
     fn remove(&mut self, k: &RecordKey) {
         self.mem.remove(k);
+        self.index(k, None);
         let _ = self.tree.remove(k.to_vec());
     }
 

@@ -6,64 +6,15 @@
 use std::time::Duration;
 
 use dht::record::{node_hex, UserRecord, ZoneClaim};
-use dht::{ClaimState, Incoming, Mesh, MeshConfig, MeshRecord, RouteError};
+use dht::{ClaimState, Mesh, MeshConfig, MeshRecord, RouteError};
 use ed25519_dalek::SigningKey;
 use libp2p::Multiaddr;
 use signalling::service::{CallService, Refusal, Service};
 use signalling::{Address, CallId, Media, NodeToNode, UserName, ZoneName};
 
-struct Node {
-    mesh: Mesh,
-    inbound: Incoming<CallService>,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-fn config(bootstrap: Vec<Multiaddr>) -> MeshConfig {
-    MeshConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap,
-        mdns: false,
-        republish: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(2),
-        retries: 1,
-        ..MeshConfig::default()
-    }
-}
-
-async fn start(zone: &str, seed: u8, bootstrap: Vec<Multiaddr>) -> Node {
-    start_with(zone, seed, config(bootstrap)).await
-}
-
-async fn start_with(zone: &str, seed: u8, config: MeshConfig) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let tree = sled::open(dir.path()).unwrap().open_tree("mesh").unwrap();
-    let zone = ZoneName::parse(zone).unwrap();
-    let mesh = Mesh::start(SigningKey::from_bytes(&[seed; 32]), tree, zone, config).await.unwrap();
-    let inbound = mesh.serve::<CallService>(64).unwrap();
-    Node { mesh, inbound, _dir: dir }
-}
-
-async fn addr_of(n: &Node) -> Multiaddr {
-    for _ in 0..100 {
-        if let Some(a) = n.mesh.status().await.listen.iter().find(|a| a.contains("/tcp/")) {
-            let a: Multiaddr = a.parse().unwrap();
-            return a.with(libp2p::multiaddr::Protocol::P2p(n.mesh.peer_id()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no listen address");
-}
-
-async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    // 30 s: hand-overs go out on a 5 s tick.
-    for _ in 0..600 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use common::{addr_of, config, start, start_with, until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_resolve_deliver_and_refuse_forgeries() {
@@ -114,6 +65,7 @@ async fn publish_resolve_deliver_and_refuse_forgeries() {
         seq: now + 1_000_000,
         issued_at_ms: now,
         expires_at_ms: now + 3_600_000,
+        first_claimed_at_ms: None,
     }
     .sign(&rogue_key);
     let _ = rogue.mesh.put_raw(&MeshRecord::Zone(claim.clone())).await;
@@ -208,15 +160,7 @@ async fn newcomers_are_handed_records_and_keep_them_when_the_first_holders_leave
 /// walk gives up on it after Kademlia's 10 s with no answer at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_that_no_node_answered_says_so() {
-    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = hole.local_addr().unwrap().port();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((socket, _)) = hole.accept().await {
-            open.push(socket);
-        }
-    });
-    let silent: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", libp2p::PeerId::random()).parse().unwrap();
+    let (silent, held) = common::silent_peer().await;
     let a = start("a", 21, vec![silent]).await;
     let started = std::time::Instant::now();
     let got = a.mesh.resolve(&Address::parse("x@nowhere").unwrap()).await;

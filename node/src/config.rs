@@ -412,6 +412,13 @@ const DOCS: &[(&str, &str)] = &[
         "mesh.peer_requests_per_second",
         "Requests per second one other node may make of this node's services (bursts of twice that pass).",
     ),
+    ("mesh.max_zones_per_key", "Zone names one node key may hold; more first claims by that key are refused."),
+    (
+        "mesh.new_zones_per_peer_per_hour",
+        "Zone names never seen in the mesh that one peer may bring in per hour (twice that at once).",
+    ),
+    ("mesh.new_zones_per_address_per_hour", "The same per source IP address, for peers that change keys."),
+    ("mesh.max_peers_per_prefix", "Peers from one /24 (IPv6: /48) one bucket of the routing table may hold."),
     ("turn.enabled", "Serve STUN and TURN, so browsers can always reach each other (relayed if need be)."),
     ("turn.listen", "UDP address and port for STUN and TURN (3478 is the standard port)."),
     ("turn.public_host", "Host name or IP in the ICE server URLs. Unset: the host browsers use to reach this node."),

@@ -108,6 +108,26 @@ async fn bad_names_passwords_and_bodies_are_400() -> Result<()> {
     Ok(())
 }
 
+/// Every error is the documented JSON shape with a stable code: a wrong
+/// method, a WebSocket route asked without the upgrade, a free-text field
+/// over its bound (issue 18's edges).
+#[tokio::test]
+async fn edges_answer_in_the_documented_json_shape() -> Result<()> {
+    let n = node();
+    n.delete("/api/v1/login", None).await?.expect_error(405, "method_not_allowed")?;
+    n.post("/health", None, json!({})).await?.expect_error(405, "method_not_allowed")?;
+    n.get("/api/v1/ws", None).await?.expect_error(400, "bad_request")?;
+    n.register("ac-label", PASSWORD).await?;
+    let long =
+        n.post("/api/v1/login", None, json!({"name": "ac-label", "password": PASSWORD, "device": "d".repeat(60_000)}));
+    long.await?.expect_error(400, "bad_request")?;
+    let ok =
+        n.post("/api/v1/login", None, json!({"name": "ac-label", "password": PASSWORD, "device": "d".repeat(100)}));
+    assert_eq!(ok.await?.status, 200, "a label at its bound is fine");
+    n.assert_alive().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn wrong_password_and_unknown_user_look_the_same() -> Result<()> {
     let n = node();

@@ -115,6 +115,11 @@ async fn five_zones_call_each_other_and_outlive_the_bootstrap() -> Result<()> {
         let n = start(&format!("z{i}"), &[&nodes[0], &nodes[1]], &[])?;
         nodes.push(n);
     }
+    for n in &nodes {
+        let listed = &n.info().mesh;
+        let once: std::collections::HashSet<&String> = listed.iter().collect();
+        assert_eq!(once.len(), listed.len(), "node.json lists each mesh address once: {listed:?}");
+    }
     let mut users = Vec::new();
     let mut devices = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
@@ -270,6 +275,7 @@ async fn rogue_records_are_refused_and_calls_reach_the_real_user() -> Result<()>
         seq: now + 10_000_000,
         issued_at_ms: now,
         expires_at_ms: now + 3_600_000,
+        first_claimed_at_ms: None,
     }
     .sign(&rogue_key);
     // (a) claim the taken zone.
@@ -344,7 +350,10 @@ async fn rogue_records_are_refused_and_calls_reach_the_real_user() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_that_cannot_dial_each_other_call_through_a_relay() -> Result<()> {
-    let relay = start("relay", &[], &[])?;
+    // A fixed port, so that the relay comes back where the others dial it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let relay_listen = format!("[\"/ip4/127.0.0.1/tcp/{port}\"]");
+    let mut relay = start("relay", &[], &[("XARXA_MESH__LISTEN", relay_listen.as_str())])?;
     let relay_addr = relay.info().mesh.first().context("relay address")?.clone();
     let via = format!("[\"{relay_addr}\"]");
     // Neither listens anywhere: each only dials out to the relay.
@@ -365,5 +374,14 @@ async fn nodes_that_cannot_dial_each_other_call_through_a_relay() -> Result<()> 
     let x_peer = x.info().peer_id.clone().context("x peer id")?;
     let relayed: Vec<String> = serde_json::from_value(mesh_status(&y)?["relayed_peers"].clone())?;
     assert!(relayed.contains(&x_peer), "y reaches x only through the relay: {relayed:?}");
+
+    // The relay goes away and comes back: both dial it again, listen
+    // through it again, and call each other again.
+    relay.stop()?;
+    relay.start_again()?;
+    let call = call_when_reachable(&mut xd, &yu.address).await.context("x -> y after the relay came back")?;
+    yd.expect_incoming(&call, &xu.address, WAIT).await?;
+    xd.hangup(&call).await?;
+    yd.expect_ended(&call, EndReason::Cancelled, WAIT).await?;
     Ok(())
 }

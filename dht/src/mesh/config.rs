@@ -70,6 +70,17 @@ pub struct MeshConfig {
     /// (bursts of twice that pass); past that they are refused as
     /// rate-limited.
     pub peer_requests_per_second: u32,
+    /// Zone names one node key may hold; a first claim by a key already
+    /// holding that many live claims is refused (squatting).
+    pub max_zones_per_key: u32,
+    /// Zone names never seen in the mesh that one peer may bring in per
+    /// hour (twice that at once); past that its first claims are refused.
+    pub new_zones_per_peer_per_hour: u32,
+    /// The same per source IP address, for peers that change keys.
+    pub new_zones_per_address_per_hour: u32,
+    /// Peers from one network (an IPv4 /24, an IPv6 /48) that one bucket
+    /// of the routing table may hold; loopback is not counted.
+    pub max_peers_per_prefix: u32,
     /// Wall-clock time per unit of protocol time: 1 on a real node. Every
     /// timer of the mesh is stretched by this factor: the durations above,
     /// Kademlia's query timeout, ping, identify and AutoNAT intervals, the
@@ -141,6 +152,10 @@ impl Default for MeshConfig {
             idle_timeout: Duration::from_secs(120),
             bootstrap_interval: Duration::from_secs(300),
             peer_requests_per_second: 1000,
+            max_zones_per_key: 1,
+            new_zones_per_peer_per_hour: 4,
+            new_zones_per_address_per_hour: 32,
+            max_peers_per_prefix: 2,
             time_scale: 1.0,
             network: Network::Native,
         }
@@ -168,6 +183,9 @@ impl MeshConfig {
         }
         if self.max_connections == 0 || self.peer_requests_per_second == 0 {
             return bad("max_connections", "connections and request rates must be positive".into());
+        }
+        if self.max_zones_per_key == 0 || self.max_peers_per_prefix == 0 {
+            return bad("max_zones_per_key", "zones per key and peers per prefix must be positive".into());
         }
         // A bootstrap address without a peer id is still dialled; a relay
         // must be known by its id to listen through it.

@@ -1,8 +1,13 @@
 //! Records other nodes offer (Kademlia inbound puts): validated before
 //! they are stored, and a zone's first claim checked with the mesh first,
-//! so a rogue that is quick cannot take a newcomer's store.
+//! so a rogue that is quick cannot take a newcomer's store. Against
+//! squatting, a key may hold only `max_zones_per_key` zones, and a peer or
+//! an address may bring in only so many names the mesh has never seen.
+//! Refusals are counted exactly and logged at most once per cause per
+//! interval, so a flood of bad records cannot grow the log at will.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use libp2p::kad::store::RecordStore;
@@ -12,8 +17,8 @@ use tracing::{debug, warn};
 
 use super::lookup::{Enough, GetDone, PendingGet, CLAIM_QUORUM};
 use super::swarm::SwarmTask;
-use super::wall_ms;
-use crate::record::{validate, zone_key, MeshRecord, RecordError};
+use super::{peer_of, wall_ms};
+use crate::record::{validate, zone_key, MeshRecord, RecordError, MAX_LIFETIME_MS};
 use crate::store::expiry_instant;
 
 /// Zone claims being checked against the mesh at once; more are refused
@@ -21,8 +26,19 @@ use crate::store::expiry_instant;
 const MAX_VERIFYING: usize = 64;
 
 impl SwarmTask {
-    /// Validates a record another node asks us to store.
-    pub(super) fn inbound_put(&mut self, source: PeerId, record: kad::Record) {
+    /// Counts a refused record, and logs it unless a line of that cause
+    /// went out recently.
+    pub(super) fn refused(&mut self, source: PeerId, key: &[u8], e: &RecordError) {
+        self.shared.rejections.count(e);
+        if let Some(held_back) = self.quiet.allow(e.cause(), Instant::now()) {
+            let key = String::from_utf8_lossy(key);
+            warn!(peer = %source, %key, error = %e, held_back, "refused a record (one line per cause per 10 s; `mesh status` counts them all)");
+        }
+    }
+
+    /// Validates a record another node asks us to store; `ip` is where the
+    /// connection it came on comes from.
+    pub(super) fn inbound_put(&mut self, source: PeerId, ip: Option<IpAddr>, record: kad::Record) {
         let now = wall_ms();
         let store = self.swarm.behaviour_mut().kad.store_mut();
         let key = record.key.to_vec();
@@ -41,33 +57,44 @@ impl SwarmTask {
             },
             _ => None,
         };
+        let max_zones = self.limits.max_zones_per_key as usize;
         match validate(&key, &record.value, now, existing.as_ref(), zone_claim.as_ref()) {
-            Ok(MeshRecord::Zone(_)) if existing.is_none() => self.verify_first_claim(source, key, record),
-            Ok(rec) => self.store(record, &rec),
-            Err(e) => {
-                warn!(peer = %source, key = %String::from_utf8_lossy(&key), error = %e, "refused a record");
-                self.shared.rejections.count(&e);
+            Ok(MeshRecord::Zone(c)) if existing.is_none() => {
+                if store.live_zones_of(&c.claim.node, &key) >= max_zones {
+                    return self.refused(source, &key, &RecordError::TooManyZones);
+                }
+                self.verify_first_claim(source, ip, key, record)
             }
+            Ok(rec) => self.store(record, &rec),
+            Err(e) => self.refused(source, &key, &e),
         }
     }
 
     /// A claim for a zone this node has no record of: a new node would
     /// otherwise take whichever claim reached it first, and a rogue that
     /// is quick can be first. Ask the mesh before storing it.
-    fn verify_first_claim(&mut self, source: PeerId, key: Vec<u8>, record: kad::Record) {
+    fn verify_first_claim(&mut self, source: PeerId, ip: Option<IpAddr>, key: Vec<u8>, record: kad::Record) {
         if self.verifying.len() >= MAX_VERIFYING || !self.verifying.insert(key.clone()) {
             debug!(peer = %source, "a zone claim is already being checked; dropped this offer");
             return;
         }
         let id = self.swarm.behaviour_mut().kad.get_record(RecordKey::new(&key));
-        let done = GetDone::VerifyClaim { source, record: Box::new(record) };
+        let done = GetDone::VerifyClaim { source, ip, record: Box::new(record) };
         self.gets.insert(id, PendingGet::new(key, Enough::Agree(CLAIM_QUORUM), done));
     }
 
     /// Stores an offered first claim unless the mesh named another holder
     /// (`votes`: valid claims other nodes returned, per holder) at least as
-    /// often as the offered one.
-    pub(super) fn verified(&mut self, source: PeerId, record: kad::Record, votes: &HashMap<String, usize>) {
+    /// often as the offered one. A name its own node claims, or that no
+    /// other node knows, counts against the share of new names of the peer
+    /// that brought it (`source`) and of its address (`ip`).
+    pub(super) fn verified(
+        &mut self,
+        source: PeerId,
+        ip: Option<IpAddr>,
+        record: kad::Record,
+        votes: &HashMap<String, usize>,
+    ) {
         let key = record.key.to_vec();
         self.verifying.remove(&key);
         let now = wall_ms();
@@ -75,16 +102,41 @@ impl SwarmTask {
         let mine = votes.get(offered.node()).copied().unwrap_or(0);
         let other = votes.iter().filter(|(n, _)| *n != offered.node()).map(|(_, v)| *v).max().unwrap_or(0);
         if other > 0 && other >= mine {
-            warn!(peer = %source, key = %String::from_utf8_lossy(&key), "refused a record: the mesh names another holder");
-            self.shared.rejections.count(&RecordError::ZoneTaken);
-            return;
+            return self.refused(source, &key, &RecordError::ZoneTaken);
+        }
+        if mine == 0 {
+            // No other node vouches for this claim: what it says of its
+            // own age is all there is, and a claim's times can be put back
+            // at most a record's lifetime, so neither may its history (a
+            // rogue could otherwise win ties by saying it came first).
+            let old = matches!(&offered, MeshRecord::Zone(c) if c.claim.first_claimed() < now.saturating_sub(MAX_LIFETIME_MS));
+            if old {
+                return self.refused(source, &key, &RecordError::HistoryRewritten);
+            }
+        }
+        // A name is brought in by the peer that claims it for itself, or
+        // by one that hands on a claim no other node vouches for: either
+        // counts against the shares of that peer and of its address.
+        let own = peer_of(offered.node()) == Some(source);
+        if (mine == 0 || own) && !self.new_name_allowed(source, ip) {
+            return self.refused(source, &key, &RecordError::ClaimRateLimited);
         }
         // Judged again against what arrived meanwhile.
-        let existing = self.swarm.behaviour_mut().kad.store_mut().mesh_record(&key);
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let existing = store.mesh_record(&key);
+        let too_many = store.live_zones_of(offered.node(), &key) >= self.limits.max_zones_per_key as usize;
         match validate(&key, &record.value, now, existing.as_ref(), None) {
+            Ok(_) if existing.is_none() && too_many => self.refused(source, &key, &RecordError::TooManyZones),
             Ok(rec) => self.store(record, &rec),
-            Err(e) => self.shared.rejections.count(&e),
+            Err(e) => self.refused(source, &key, &e),
         }
+    }
+
+    /// Takes one new name of the shares of `source` and of `ip`.
+    fn new_name_allowed(&mut self, source: PeerId, ip: Option<IpAddr>) -> bool {
+        let now = Instant::now();
+        let by_peer = self.new_names_by_peer.allow(&source, now);
+        by_peer && ip.is_none_or(|ip| self.new_names_by_ip.allow(&ip, now))
     }
 
     /// Puts a record that passed [`validate`] (`rec`, decoded) in the

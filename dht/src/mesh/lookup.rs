@@ -100,7 +100,7 @@ pub(super) enum GetDone {
     Reply(oneshot::Sender<(Vec<Vec<u8>>, LookupStats)>),
     /// It checked a zone's first claim a peer offered (see
     /// `SwarmTask::verify_first_claim`).
-    VerifyClaim { source: PeerId, record: Box<kad::Record> },
+    VerifyClaim { source: PeerId, ip: Option<std::net::IpAddr>, record: Box<kad::Record> },
 }
 
 impl PendingGet {
@@ -128,6 +128,19 @@ impl PendingGet {
             Enough::Agree(n) => *votes >= n,
         }
     }
+}
+
+/// The claim a lookup settles on, among the valid claims it found (per
+/// node key: how many holders returned it, and its newest copy): the one
+/// most holders returned; between as many, the zone's oldest claim (when
+/// first claimed, which renewals keep, not when last issued, which a rogue
+/// can back-date); then the lower key, so every node settles alike.
+fn best_claim(votes: HashMap<String, (usize, SignedZoneClaim)>) -> Option<SignedZoneClaim> {
+    use std::cmp::Reverse;
+    votes
+        .into_values()
+        .max_by_key(|(n, c)| (*n, Reverse(c.claim.first_claimed()), Reverse(c.claim.node.clone())))
+        .map(|(_, c)| c)
 }
 
 impl Mesh {
@@ -184,8 +197,7 @@ impl Mesh {
                 Err(e) => self.shared.rejections.count(&e),
             }
         }
-        let Some((_, best)) = votes.into_values().max_by_key(|(n, c)| (*n, std::cmp::Reverse(c.claim.issued_at_ms)))
-        else {
+        let Some(best) = best_claim(votes) else {
             return (None, stats);
         };
         lock(&self.shared.claim_cache).insert(zone.clone(), (best.clone(), Instant::now()));
@@ -422,7 +434,55 @@ impl SwarmTask {
                 s.incomplete |= !s.early && silent && (s.successes as usize) < REPLICATION;
                 let _ = reply.send((values, s));
             }
-            GetDone::VerifyClaim { source, record } => self.verified(source, *record, &votes),
+            GetDone::VerifyClaim { source, ip, record } => self.verified(source, ip, *record, &votes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::record::{node_hex, ZoneClaim};
+
+    fn claim(seed: u8, issued: u64, first: Option<u64>) -> SignedZoneClaim {
+        let k = SigningKey::from_bytes(&[seed; 32]);
+        let zone = ZoneName::parse("sants").unwrap_or_else(|e| panic!("{e}"));
+        let expires_at_ms = issued + 3_600_000;
+        ZoneClaim {
+            zone,
+            node: node_hex(&k),
+            addrs: vec![],
+            seq: issued,
+            issued_at_ms: issued,
+            expires_at_ms,
+            first_claimed_at_ms: first,
+        }
+        .sign(&k)
+    }
+
+    #[test]
+    fn a_back_dated_claim_loses_a_tie_to_the_zones_first_claim() {
+        const DAY: u64 = 86_400_000;
+        let now = 1_800_000_000_000;
+        // The real holder first claimed the zone a month ago and renewed an
+        // hour ago; the rogue back-dated its claim six days (a record may
+        // live seven), in the first format (issued = first claimed) and in
+        // the second.
+        let real = claim(1, now - DAY / 24, Some(now - 30 * DAY));
+        for rogue in [claim(2, now - 6 * DAY, None), claim(3, now - 6 * DAY, Some(now - 6 * DAY))] {
+            let votes = HashMap::from([
+                (real.claim.node.clone(), (2, real.clone())),
+                (rogue.claim.node.clone(), (2, rogue.clone())),
+            ]);
+            assert_eq!(best_claim(votes), Some(real.clone()), "settled by when first claimed");
+            // More holders still win outright.
+            let votes = HashMap::from([
+                (real.claim.node.clone(), (1, real.clone())),
+                (rogue.claim.node.clone(), (2, rogue.clone())),
+            ]);
+            assert_eq!(best_claim(votes), Some(rogue));
         }
     }
 }

@@ -21,7 +21,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
 pub use libp2p::core::Multiaddr;
@@ -33,13 +33,15 @@ use signalling::{Address, UserName, ZoneName};
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::record::{Rejections, SignedZoneClaim};
+use crate::record::{node_hex, zone_key, MeshRecord, Rejections, SignedZoneClaim};
 use crate::store::PersistentStore;
 
+mod admission;
 pub mod config;
 mod error;
 mod handover;
 mod inbound;
+mod limits;
 mod lookup;
 mod publish;
 pub mod service;
@@ -73,6 +75,9 @@ struct Shared {
     handed_over: AtomicU64,
     /// Unix ms of the last complete publication; 0 before the first.
     published_at_ms: AtomicU64,
+    /// When this node's key first claimed its zone (Unix ms; 0: not yet),
+    /// which every renewal of the claim repeats.
+    first_claimed_at_ms: AtomicU64,
     /// Set by [`Mesh::stop`] and when the swarm task ends: a lookup that
     /// found nothing then says the mesh stopped, not that nothing exists.
     stopped: AtomicBool,
@@ -93,6 +98,13 @@ struct Shared {
     authenticated: service::Authenticated,
     /// Requests of other nodes refused, by cause.
     refused_requests: Mutex<std::collections::BTreeMap<Refusal, u64>>,
+    /// Peers kept out of the routing table, by cause.
+    refused_peers: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Puts that fell back to the closest peers known; set again to make
+    /// the publisher repeat them soon.
+    provisional_puts: AtomicU64,
+    /// A put fell back since the last publication: publish again soon.
+    provisional: AtomicBool,
 }
 
 /// A handle to the running mesh. Cloning is cheap.
@@ -152,10 +164,18 @@ impl Mesh {
         let config = config.stretched();
         let peer_id = PeerId::from(keypair_of(&key)?.public());
         let store = PersistentStore::open(peer_id, tree);
-        let (swarm, relays) = swarm::build(&key, store, &config)?;
+        // A node that held its zone before a restart keeps the claim's
+        // history: its last claim is in its own store.
+        let first_claimed = match store.mesh_record(&zone_key(&zone)) {
+            Some(MeshRecord::Zone(c)) if c.claim.node == node_hex(&key) => c.claim.first_claimed(),
+            _ => 0,
+        };
+        let (swarm, relays, trusted) = swarm::build(&key, store, &config)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared { first_claimed_at_ms: AtomicU64::new(first_claimed), ..Shared::default() });
+        let key = Arc::new(key);
+        let hour = config.stretch(Duration::from_secs(3600)).as_secs_f64();
         let task = swarm::SwarmTask {
             swarm,
             inbound: in_tx,
@@ -164,9 +184,23 @@ impl Mesh {
             puts: HashMap::new(),
             sends: HashMap::new(),
             bootstrapped: false,
+            rebootstrap_past: None,
             connections: HashMap::new(),
+            // Dialled just now, by `swarm::build`.
+            relay_dialled: relays.keys().map(|p| (*p, Instant::now())).collect(),
             relays,
             relay_listeners: HashMap::new(),
+            relay_redial: config.stretch(swarm::RELAY_REDIAL),
+            trusted,
+            admitting: HashMap::new(),
+            signer: admission::ClaimSigner { key: key.clone(), zone: zone.clone(), claim_ttl: config.claim_ttl },
+            limits: admission::Limits {
+                max_zones_per_key: config.max_zones_per_key,
+                max_peers_per_prefix: config.max_peers_per_prefix,
+            },
+            quiet: limits::LogLimiter::new(config.stretch(Duration::from_secs(10))),
+            new_names_by_peer: limits::RateLimits::per_hour(config.new_zones_per_peer_per_hour, hour),
+            new_names_by_ip: limits::RateLimits::per_hour(config.new_zones_per_address_per_hour, hour),
             verifying: BTreeSet::new(),
             joined: false,
             met: BTreeSet::new(),
@@ -176,7 +210,7 @@ impl Mesh {
             handoff_every: config.stretch(handover::HANDOFF_EVERY),
         };
         tokio::spawn(task.run(cmd_rx));
-        let mesh = Mesh { cmd: cmd_tx, peer_id, zone, key: Arc::new(key), config: Arc::new(config), shared };
+        let mesh = Mesh { cmd: cmd_tx, peer_id, zone, key, config: Arc::new(config), shared };
         info!(peer = %peer_id, zone = %mesh.zone, "mesh started");
         tokio::spawn(service::route(mesh.clone(), in_rx));
         tokio::spawn(mesh.clone().publisher());

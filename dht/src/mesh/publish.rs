@@ -6,12 +6,13 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, Quorum, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::PeerId;
-use signalling::{Address, UserName};
+use signalling::{Address, UserName, ZoneName};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
@@ -23,6 +24,8 @@ use crate::store::expiry_instant;
 
 /// User records put at once when publishing.
 const PARALLEL_PUTS: usize = 8;
+/// How soon a publication with provisional puts is made again.
+const PROVISIONAL_AGAIN: Duration = Duration::from_secs(60);
 
 impl Mesh {
     /// Publishes (and keeps renewing) the record of a local user.
@@ -53,16 +56,8 @@ impl Mesh {
     }
 
     fn sign_claim(&self, addrs: Vec<String>) -> SignedZoneClaim {
-        let now = wall_ms();
-        ZoneClaim {
-            zone: self.zone.clone(),
-            node: node_hex(&self.key),
-            addrs,
-            seq: now,
-            issued_at_ms: now,
-            expires_at_ms: now + self.config.claim_ttl.as_millis() as u64,
-        }
-        .sign(&self.key)
+        let first = self.shared.first_claimed_at_ms.load(Ordering::Relaxed);
+        sign_claim(&self.key, &self.zone, addrs, self.config.claim_ttl, first)
     }
 
     async fn own_claim(&self) -> Option<SignedZoneClaim> {
@@ -123,7 +118,14 @@ impl Mesh {
                 Ok(()) => {
                     self.shared.published_at_ms.store(wall_ms(), Ordering::Relaxed);
                     backoff = first;
-                    self.config.republish
+                    // A put that fell back reached only the closest peers a
+                    // thin routing table knew: once the table has filled
+                    // (a minute on), put everything again.
+                    if self.shared.provisional.swap(false, Ordering::Relaxed) {
+                        self.config.republish.min(self.config.stretch(PROVISIONAL_AGAIN))
+                    } else {
+                        self.config.republish
+                    }
                 }
                 Err(why) => {
                     debug!(%why, "publishing records failed; retrying");
@@ -165,6 +167,8 @@ impl Mesh {
             *lock(&self.shared.claim) = Some(ClaimState::Taken { by });
             return Err("zone taken".into());
         }
+        // The zone's history starts with this node's first claim of it.
+        let _ = self.shared.first_claimed_at_ms.compare_exchange(0, wall_ms(), Ordering::Relaxed, Ordering::Relaxed);
         let claim = self.own_claim().await.ok_or("mesh stopped")?;
         let rec = MeshRecord::Zone(claim.clone());
         self.put(rec.key(), rec.encode(), rec.expires_at_ms()).await?;
@@ -190,6 +194,30 @@ impl Mesh {
         let zone = self.zone.clone();
         self.lookup_claim(&zone).await
     }
+}
+
+/// This node's claim of `zone`, signed now with `key`, listing `addrs`,
+/// lasting `ttl`; `first_claimed_at_ms` is when this key first claimed the
+/// zone (0: now).
+pub(super) fn sign_claim(
+    key: &SigningKey,
+    zone: &ZoneName,
+    addrs: Vec<String>,
+    ttl: Duration,
+    first_claimed_at_ms: u64,
+) -> SignedZoneClaim {
+    let now = wall_ms();
+    let first = if first_claimed_at_ms == 0 { now } else { first_claimed_at_ms.min(now) };
+    ZoneClaim {
+        zone: zone.clone(),
+        node: node_hex(key),
+        addrs,
+        seq: now,
+        issued_at_ms: now,
+        expires_at_ms: now + ttl.as_millis() as u64,
+        first_claimed_at_ms: Some(first),
+    }
+    .sign(key)
 }
 
 impl SwarmTask {
@@ -232,6 +260,12 @@ impl SwarmTask {
             Err(e) => Some(e),
         };
         let Some(err) = err else {
+            if fallen_back {
+                // Stored, but only where this node's thin view of the mesh
+                // pointed: provisional, to be put again soon.
+                self.shared.provisional_puts.fetch_add(1, Ordering::Relaxed);
+                self.shared.provisional.store(true, Ordering::Relaxed);
+            }
             let _ = reply.send(Ok(()));
             return;
         };

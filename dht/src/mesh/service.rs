@@ -31,15 +31,13 @@ use signalling::{Address, UserName, ZoneName};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::debug;
 
+use super::limits::RateLimits;
 use super::swarm::Cmd;
 use super::{lock, Mesh, MeshError, RouteError, Shared};
 
 /// Requests being authenticated at once (each may need a claim lookup);
 /// past that they are refused as busy.
 const MAX_AUTHENTICATING: usize = 256;
-/// Peers whose request rate is tracked; past that, the idle ones are
-/// forgotten.
-const MAX_TRACKED_PEERS: usize = 4096;
 /// How long a peer found to hold a zone is believed without asking again
 /// (protocol time): a conversation's requests cost one check, whatever
 /// `cache_ttl` is, and a zone handed to a new key is believed of the old
@@ -103,12 +101,6 @@ pub struct Incoming<S: Service> {
     service: PhantomData<fn() -> S>,
 }
 
-/// Per-peer token buckets for the request rate.
-struct RateLimits {
-    per_second: f64,
-    peers: HashMap<PeerId, (f64, Instant)>,
-}
-
 impl<S: Service> Inbound<S> {
     /// The user the request acts for, as an address.
     pub fn acting_for(&self) -> Option<Address> {
@@ -168,27 +160,6 @@ impl<S: Service> Incoming<S> {
                 }
             }
         }
-    }
-}
-
-impl RateLimits {
-    /// Takes one request of `peer`'s share; whether there was one.
-    fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
-        let burst = 2.0 * self.per_second;
-        if self.peers.len() >= MAX_TRACKED_PEERS && !self.peers.contains_key(&peer) {
-            let full = |(tokens, at): &(f64, Instant)| {
-                tokens + now.duration_since(*at).as_secs_f64() * self.per_second >= burst
-            };
-            self.peers.retain(|_, b| !full(b));
-        }
-        let (tokens, at) = self.peers.entry(peer).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(burst);
-        *at = now;
-        if *tokens < 1.0 {
-            return false;
-        }
-        *tokens -= 1.0;
-        true
     }
 }
 
@@ -312,7 +283,8 @@ async fn authenticated(mesh: &Mesh, peer: PeerId, zone: &ZoneName) -> bool {
 
 /// The router: checks each inbound request and hands it to its service.
 pub(super) async fn route(mesh: Mesh, mut inbound: mpsc::Receiver<RawInbound>) {
-    let mut rates = RateLimits { per_second: f64::from(mesh.config.peer_requests_per_second), peers: HashMap::new() };
+    let rate = f64::from(mesh.config.peer_requests_per_second);
+    let mut rates = RateLimits::new(rate, 2.0 * rate);
     let authenticating = Arc::new(Semaphore::new(MAX_AUTHENTICATING));
     while let Some(raw) = inbound.recv().await {
         let (cmd, shared) = (&mesh.cmd, &mesh.shared);
@@ -333,7 +305,7 @@ pub(super) async fn route(mesh: Mesh, mut inbound: mpsc::Receiver<RawInbound>) {
             refuse(cmd, shared, raw.channel, Refusal::TooLarge, why).await;
             continue;
         }
-        if !rates.allow(raw.peer, Instant::now()) {
+        if !rates.allow(&raw.peer, Instant::now()) {
             refuse(cmd, shared, raw.channel, Refusal::RateLimited, "too many requests").await;
             continue;
         }
@@ -361,32 +333,5 @@ pub(super) async fn route(mesh: Mesh, mut inbound: mpsc::Receiver<RawInbound>) {
                 refuse(cmd, shared, raw.channel, why.0, why.1).await;
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_peer_gets_a_burst_then_its_rate() {
-        let mut r = RateLimits { per_second: 10.0, peers: HashMap::new() };
-        let (peer, other, t0) = (PeerId::random(), PeerId::random(), Instant::now());
-        assert_eq!((0..25).filter(|_| r.allow(peer, t0)).count(), 20, "a burst of twice the rate");
-        assert!(r.allow(other, t0), "another peer has its own share");
-        assert!(!r.allow(peer, t0 + Duration::from_millis(50)));
-        assert!(r.allow(peer, t0 + Duration::from_millis(150)), "a tenth of a second refills one");
-    }
-
-    #[test]
-    fn idle_peers_are_forgotten_when_too_many_are_tracked() {
-        let mut r = RateLimits { per_second: 1.0, peers: HashMap::new() };
-        let t0 = Instant::now();
-        for _ in 0..MAX_TRACKED_PEERS {
-            r.allow(PeerId::random(), t0);
-        }
-        let busy = PeerId::random();
-        assert!(r.allow(busy, t0 + Duration::from_secs(10)));
-        assert_eq!(r.peers.len(), 1, "every idle bucket had refilled, and went");
     }
 }

@@ -73,6 +73,14 @@ pub struct MeshStatus {
     /// services refused, by cause.
     #[serde(default)]
     pub refused_requests: BTreeMap<Refusal, u64>,
+    /// Peers kept out of the routing table, by cause (`no_claim`,
+    /// `bad_claim`, `zone_taken`, `too_many_zones`, `prefix_full`).
+    #[serde(default)]
+    pub refused_peers: BTreeMap<String, u64>,
+    /// Puts that reached only the closest peers known when their walk
+    /// timed out, and so were made again once the table had grown.
+    #[serde(default)]
+    pub provisional_puts: u64,
 }
 
 /// The swarm's part of the status, read inside the swarm task.
@@ -123,6 +131,8 @@ impl Mesh {
             handed_over: s.handed_over.load(Ordering::Relaxed),
             published_at_ms: self.published_at_ms(),
             refused_requests: lock(&s.refused_requests).clone(),
+            refused_peers: lock(&s.refused_peers).clone(),
+            provisional_puts: s.provisional_puts.load(Ordering::Relaxed),
         }
     }
 }
@@ -136,15 +146,14 @@ impl SwarmTask {
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         let relayed = peers
             .iter()
-            .filter(|p| self.connections.values().filter(|(q, _)| q == *p).all(|(_, relayed)| *relayed))
+            .filter(|p| self.connections.values().filter(|(q, _, _)| q == *p).all(|(_, relayed, _)| *relayed))
             .copied()
             .collect();
-        SwarmStatus {
-            listen: self.swarm.listeners().cloned().chain(self.swarm.external_addresses().cloned()).collect(),
-            peers,
-            relayed,
-            routing_table,
-            stored_records,
-        }
+        // A concrete listen address is also an external one: list each once.
+        let mut listen: Vec<Multiaddr> =
+            self.swarm.listeners().cloned().chain(self.swarm.external_addresses().cloned()).collect();
+        listen.sort();
+        listen.dedup();
+        SwarmStatus { listen, peers, relayed, routing_table, stored_records }
     }
 }

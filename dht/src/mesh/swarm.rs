@@ -5,9 +5,10 @@
 //! records (`inbound`), hand-overs (`handover`).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
@@ -21,6 +22,8 @@ use signalling::service::{NodeReply, NodeRequest};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::admission::{ClaimSigner, Limits};
+use super::limits::{ip_of, LogLimiter, RateLimits};
 use super::lookup::{Enough, PendingGet};
 use super::service::RawInbound;
 use super::status::SwarmStatus;
@@ -70,11 +73,34 @@ pub(super) struct SwarmTask {
     pub(super) puts: HashMap<kad::QueryId, (oneshot::Sender<Result<(), String>>, bool)>,
     pub(super) sends: HashMap<OutboundRequestId, oneshot::Sender<Result<NodeReply, String>>>,
     pub(super) bootstrapped: bool,
-    /// Open connections: whether each goes through a relay circuit.
-    pub(super) connections: HashMap<libp2p::swarm::ConnectionId, (PeerId, bool)>,
+    /// A routing-table refresh timed out: repeat it once the table has
+    /// grown past this size.
+    pub(super) rebootstrap_past: Option<usize>,
+    /// Open connections: the peer, whether it goes through a relay
+    /// circuit, and the remote IP address.
+    pub(super) connections: HashMap<libp2p::swarm::ConnectionId, (PeerId, bool, Option<IpAddr>)>,
     /// Relays to listen through, and the listeners open through them.
     pub(super) relays: HashMap<PeerId, Multiaddr>,
     pub(super) relay_listeners: HashMap<PeerId, libp2p::core::transport::ListenerId>,
+    /// When each relay was last dialled (a relay that went away is dialled
+    /// again, at most every [`RELAY_REDIAL`]).
+    pub(super) relay_dialled: HashMap<PeerId, Instant>,
+    /// [`RELAY_REDIAL`], stretched.
+    pub(super) relay_redial: Duration,
+    /// Peers the operator configured (bootstrap peers, relays): admitted
+    /// to the routing table without showing a claim.
+    pub(super) trusted: HashSet<PeerId>,
+    /// Peers asked for their claim, with the addresses identify gave.
+    pub(super) admitting: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Signs the claim this node shows.
+    pub(super) signer: ClaimSigner,
+    /// Limits on zones per key and peers per network.
+    pub(super) limits: Limits,
+    /// Keeps refusals from growing the log.
+    pub(super) quiet: LogLimiter,
+    /// New zone names brought in, per peer and per source address.
+    pub(super) new_names_by_peer: RateLimits<PeerId>,
+    pub(super) new_names_by_ip: RateLimits<IpAddr>,
     /// Zone keys whose offered first claim is being checked.
     pub(super) verifying: BTreeSet<Vec<u8>>,
     /// Whether the first routing-table refresh has finished (hand-overs
@@ -93,14 +119,16 @@ pub(super) struct SwarmTask {
     pub(super) handoff_every: Duration,
 }
 
+/// How often a relay that went away is dialled again (protocol time).
+pub(super) const RELAY_REDIAL: Duration = Duration::from_secs(10);
+
+/// What [`build`] returns: the swarm, the relays to listen through (by
+/// peer id), and the peers the operator configured.
+pub(super) type Built = (Swarm<Behaviour>, HashMap<PeerId, Multiaddr>, HashSet<PeerId>);
+
 /// Builds the swarm for `key` on the configured network, listening,
-/// dialling the bootstrap peers and relays. Returns it with the relays to
-/// listen through (by peer id).
-pub(super) fn build(
-    key: &SigningKey,
-    store: PersistentStore,
-    config: &MeshConfig,
-) -> Result<(Swarm<Behaviour>, HashMap<PeerId, Multiaddr>), MeshError> {
+/// dialling the bootstrap peers and relays.
+pub(super) fn build(key: &SigningKey, store: PersistentStore, config: &MeshConfig) -> Result<Built, MeshError> {
     let keypair = keypair_of(key)?;
     let handshake_timeout = config.stretch(Duration::from_secs(20));
     let bconfig = BehaviourConfig {
@@ -168,9 +196,11 @@ pub(super) fn build(
     for addr in &config.external {
         swarm.add_external_address(addr.clone());
     }
+    let mut trusted = HashSet::new();
     for addr in &config.bootstrap {
         if let Some(peer) = peer_in(addr) {
             swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            trusted.insert(peer);
         }
         if let Err(e) = swarm.dial(addr.clone()) {
             warn!(%addr, error = %e, "cannot dial bootstrap peer");
@@ -182,12 +212,13 @@ pub(super) fn build(
     for relay in &config.relays {
         if let Some(peer) = peer_in(relay) {
             relays.insert(peer, relay.clone());
+            trusted.insert(peer);
             if let Err(e) = swarm.dial(relay.clone()) {
                 warn!(%relay, error = %e, "cannot dial relay");
             }
         }
     }
-    Ok((swarm, relays))
+    Ok((swarm, relays, trusted))
 }
 
 impl SwarmTask {
@@ -201,7 +232,11 @@ impl SwarmTask {
                     Some(c) => self.command(c),
                 },
                 event = self.swarm.select_next_some() => self.event(event),
-                _ = handoff.tick() => self.hand_over(),
+                _ = handoff.tick() => {
+                    self.hand_over();
+                    self.redial_relays();
+                    self.bootstrap_again();
+                }
             }
         }
         self.shared.stopped.store(true, Ordering::Release);
@@ -233,21 +268,16 @@ impl SwarmTask {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.kad_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Service(e)) => self.service_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Claim(e)) => self.claim_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
                 if info.protocols.contains(&crate::behaviour::KAD_PROTOCOL) =>
             {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                }
-                // A connected mesh peer is in the routing table now: puts
-                // and lookups have someone to ask.
-                if !self.shared.routable.swap(true, Ordering::AcqRel) {
-                    self.shared.routable_changed.notify_waiters();
-                }
+                // Into the routing table only once it shows its claim.
+                self.mesh_peer_identified(peer_id, info.listen_addrs);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
-                for (peer, addr) in found {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                // Admitted like any peer once connected and identified.
+                for (_, addr) in found {
                     let _ = self.swarm.dial(addr);
                 }
             }
@@ -264,6 +294,7 @@ impl SwarmTask {
                 // about the peer being gone.
                 debug!(%peer, "ping timed out: closing the connection");
                 self.swarm.close_connection(connection);
+                self.peer_unresponsive(peer);
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
                 let addr = endpoint.get_remote_address();
@@ -273,7 +304,7 @@ impl SwarmTask {
                 let circuit = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::P2pCircuit));
                 let relayed = circuit(addr)
                     || matches!(&endpoint, libp2p::core::ConnectedPoint::Listener { local_addr, .. } if circuit(local_addr));
-                self.connections.insert(connection_id, (peer_id, relayed));
+                self.connections.insert(connection_id, (peer_id, relayed, ip_of(addr)));
                 if !self.bootstrapped {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
@@ -310,6 +341,9 @@ impl SwarmTask {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "dial failed");
+                if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
+                    self.peer_unresponsive(peer);
+                }
             }
             _ => {}
         }
@@ -317,8 +351,11 @@ impl SwarmTask {
 
     fn kad_event(&mut self, event: kad::Event) {
         match event {
-            kad::Event::InboundRequest { request: kad::InboundRequest::PutRecord { source, record: Some(r), .. } } => {
-                self.inbound_put(source, r);
+            kad::Event::InboundRequest {
+                request: kad::InboundRequest::PutRecord { source, connection, record: Some(r) },
+            } => {
+                let ip = self.connections.get(&connection).and_then(|(_, _, ip)| *ip);
+                self.inbound_put(source, ip, r);
             }
             kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => self.peer_met(peer),
             kad::Event::OutboundQueryProgressed { id, result, step, stats } => match result {
@@ -330,13 +367,52 @@ impl SwarmTask {
                         self.handoff_done(id, r.is_ok());
                     }
                 }
-                kad::QueryResult::Bootstrap(_) if step.last && !self.joined => {
+                kad::QueryResult::Bootstrap(r) if step.last => {
                     // Hand-overs need a view of the mesh around each key.
                     self.joined = true;
+                    if matches!(r, Err(kad::BootstrapError::Timeout { .. })) {
+                        // Provisional: walked while the table was thin.
+                        self.rebootstrap_past = Some(self.routing_table_len());
+                    }
                 }
                 _ => {}
             },
             _ => {}
+        }
+    }
+
+    /// Entries in the routing table.
+    pub(super) fn routing_table_len(&mut self) -> usize {
+        self.swarm.behaviour_mut().kad.kbuckets().map(|k| k.num_entries()).sum()
+    }
+
+    /// Dials the relays this node listens through that it is not
+    /// connected to (a relay that restarted or went away for a while).
+    fn redial_relays(&mut self) {
+        let every = self.relay_redial;
+        let now = Instant::now();
+        let due: Vec<(PeerId, Multiaddr)> = self
+            .relays
+            .iter()
+            .filter(|(p, _)| !self.swarm.is_connected(p))
+            .filter(|(p, _)| self.relay_dialled.get(*p).is_none_or(|at| now.duration_since(*at) >= every))
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
+        for (peer, addr) in due {
+            debug!(%peer, "dialling a relay again");
+            self.relay_dialled.insert(peer, now);
+            let _ = self.swarm.dial(addr);
+        }
+    }
+
+    /// Repeats a routing-table refresh that timed out once the table has
+    /// grown since.
+    fn bootstrap_again(&mut self) {
+        let Some(past) = self.rebootstrap_past else { return };
+        if self.routing_table_len() > past {
+            self.rebootstrap_past = None;
+            debug!("repeating a routing-table refresh that timed out");
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
     }
 

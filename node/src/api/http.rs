@@ -41,6 +41,12 @@ pub enum ApiError {
     /// No such thing (for this user).
     #[error("not found")]
     NotFound,
+    /// The route exists, but not for this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// The node is at its limit of connections.
+    #[error("{0}")]
+    Unavailable(&'static str),
 }
 
 impl ApiError {
@@ -58,6 +64,8 @@ impl ApiError {
             Self::Account(A::NotFound) | Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Account(_) | Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -157,6 +165,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/ws", get(crate::api::ws::upgrade))
         .route("/api/v1/ice", get(ice_servers))
         .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -188,6 +197,9 @@ async fn register(
     Ok((StatusCode::CREATED, Json(json!({"user": user}))))
 }
 
+/// Longest device label a login may give, in characters.
+pub const MAX_DEVICE_LABEL: usize = 100;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoginBody {
@@ -203,7 +215,11 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(b): ApiJson<LoginBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (login, revoked) = s.accounts.login(&b.name, &b.password, b.device.as_deref().unwrap_or(""), peer.ip()).await?;
+    let device = b.device.as_deref().unwrap_or("");
+    if device.chars().count() > MAX_DEVICE_LABEL {
+        return Err(ApiError::BadRequest(format!("device: at most {MAX_DEVICE_LABEL} characters")));
+    }
+    let (login, revoked) = s.accounts.login(&b.name, &b.password, device, peer.ip()).await?;
     if !revoked.is_empty() {
         s.calls.send(Command::SessionsRevoked { ids: revoked }).await;
     }

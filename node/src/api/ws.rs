@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +18,7 @@ use signalling::{
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::api::http::ApiError;
 use crate::pii::Pii;
 use crate::services::calls::{Command, Outgoing, DEVICE_QUEUE};
 use crate::state::AppState;
@@ -56,10 +58,18 @@ impl Bucket {
 pub async fn upgrade(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // Not a WebSocket upgrade (no `Upgrade`/`Connection` headers, wrong
+    // version or key): the API's JSON error, not axum's plain text.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return ApiError::BadRequest(format!("expected a WebSocket upgrade: {}", e.body_text())).into_response()
+        }
+    };
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+        return ApiError::Unavailable("too many connections").into_response();
     };
     let hard = state.config.limits.max_frame_bytes * HARD_LIMIT_FACTOR;
     ws.max_message_size(hard)

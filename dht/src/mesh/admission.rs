@@ -1,0 +1,217 @@
+//! Admission to the routing table: only zone nodes shape it.
+//!
+//! Kademlia here inserts no peer by itself (`BucketInserts::Manual`). A
+//! peer that identify shows speaking the mesh's Kademlia protocol is asked
+//! for the zone claim of its own key (`/xarxa/claim/1`), and enters the
+//! routing table — and so the answers this node gives to FIND_NODE —
+//! only if that claim is valid, names the peer's own key, does not
+//! contradict a live claim this node holds for the zone, leaves the key
+//! within `max_zones_per_key`, and the peer's network (/24 or /48) has
+//! fewer than `max_peers_per_prefix` peers in its bucket. The bootstrap
+//! peers and relays the operator configured are admitted as they are.
+//! A peer that stops answering (its ping timed out, or it cannot be
+//! dialled) leaves the table, unless the operator configured it. A
+//! foreign peer may still ask questions.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use libp2p::core::Multiaddr;
+use libp2p::kad::RoutingUpdate;
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::PeerId;
+use tracing::debug;
+
+use super::limits::prefix_of;
+use super::swarm::SwarmTask;
+use super::{lock, peer_of, wall_ms, ClaimState};
+use crate::behaviour::{ClaimAsk, ClaimShown};
+use crate::record::{zone_key, MeshRecord, SignedZoneClaim};
+
+/// Peers being asked for their claim at once; more wait for their next
+/// identify.
+const MAX_ADMITTING: usize = 256;
+
+/// Why a peer was kept out of the routing table (`mesh status`
+/// `refused_peers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PeerRefusal {
+    /// It showed no claim, or did not answer.
+    NoClaim,
+    /// Its claim does not verify or is not of its own key.
+    BadClaim,
+    /// Another key holds the zone it claims.
+    ZoneTaken,
+    /// Its key holds as many zones as a key may.
+    TooManyZones,
+    /// Its bucket holds as many peers of its network as it may.
+    PrefixFull,
+}
+
+impl PeerRefusal {
+    fn name(self) -> &'static str {
+        match self {
+            Self::NoClaim => "no_claim",
+            Self::BadClaim => "bad_claim",
+            Self::ZoneTaken => "zone_taken",
+            Self::TooManyZones => "too_many_zones",
+            Self::PrefixFull => "prefix_full",
+        }
+    }
+}
+
+/// Whether a bucket whose entries are on networks `held` (one item per
+/// entry and network) has room for one more peer of each network in
+/// `candidate`, at most `max` per network.
+fn prefix_room(held: &[IpAddr], candidate: &HashSet<IpAddr>, max: usize) -> bool {
+    candidate.iter().all(|p| held.iter().filter(|h| *h == p).count() < max)
+}
+
+impl SwarmTask {
+    /// Identify says `peer` speaks the mesh's Kademlia protocol and listens
+    /// on `addrs`: update it if it is in the table, admit it if trusted,
+    /// otherwise ask for its claim.
+    pub(super) fn mesh_peer_identified(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let known = kad.kbucket(peer).is_some_and(|b| b.iter().any(|e| *e.node.key.preimage() == peer));
+        if known || self.trusted.contains(&peer) {
+            self.admit(peer, addrs);
+            return;
+        }
+        if self.admitting.len() >= MAX_ADMITTING || self.admitting.contains_key(&peer) {
+            return;
+        }
+        self.admitting.insert(peer, addrs);
+        self.swarm.behaviour_mut().claim.send_request(&peer, ClaimAsk {});
+    }
+
+    /// Events of the admission protocol: questions to answer, answers to
+    /// judge.
+    pub(super) fn claim_event(&mut self, event: request_response::Event<ClaimAsk, ClaimShown>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { channel, .. } => self.show_claim(channel),
+                request_response::Message::Response { response, .. } => {
+                    let Some(addrs) = self.admitting.remove(&peer) else { return };
+                    match self.judge(peer, &addrs, response.claim) {
+                        Ok(()) => self.admit(peer, addrs),
+                        Err(why) => self.refuse_peer(peer, why),
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, .. } if self.admitting.remove(&peer).is_some() => {
+                self.refuse_peer(peer, PeerRefusal::NoClaim);
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers a peer's question with this node's claim, signed now (none
+    /// while another key holds the zone).
+    fn show_claim(&mut self, channel: ResponseChannel<ClaimShown>) {
+        let taken = matches!(*lock(&self.shared.claim), Some(ClaimState::Taken { .. }));
+        let claim = (!taken).then(|| {
+            let addrs: Vec<String> =
+                self.swarm.listeners().map(|a| a.to_string()).take(crate::record::MAX_ADDRS).collect();
+            let first = self.shared.first_claimed_at_ms.load(std::sync::atomic::Ordering::Relaxed);
+            super::publish::sign_claim(&self.signer.key, &self.signer.zone, addrs, self.signer.claim_ttl, first)
+        });
+        let _ = self.swarm.behaviour_mut().claim.send_response(channel, ClaimShown { claim });
+    }
+
+    /// Whether `peer`, listening on `addrs`, may enter the routing table
+    /// on the strength of `claim`.
+    fn judge(&mut self, peer: PeerId, addrs: &[Multiaddr], claim: Option<SignedZoneClaim>) -> Result<(), PeerRefusal> {
+        let claim = claim.ok_or(PeerRefusal::NoClaim)?;
+        claim.verify(wall_ms()).map_err(|_| PeerRefusal::BadClaim)?;
+        if peer_of(&claim.claim.node) != Some(peer) {
+            return Err(PeerRefusal::BadClaim);
+        }
+        let key = zone_key(&claim.claim.zone);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let store = kad.store_mut();
+        if matches!(store.mesh_record(&key), Some(MeshRecord::Zone(held)) if held.claim.node != claim.claim.node) {
+            return Err(PeerRefusal::ZoneTaken);
+        }
+        if store.live_zones_of(&claim.claim.node, &key) >= self.limits.max_zones_per_key as usize {
+            return Err(PeerRefusal::TooManyZones);
+        }
+        let candidate: HashSet<IpAddr> = addrs.iter().filter_map(prefix_of).collect();
+        if !candidate.is_empty() {
+            let held: Vec<IpAddr> = kad
+                .kbucket(peer)
+                .map(|b| {
+                    b.iter()
+                        .filter(|e| *e.node.key.preimage() != peer)
+                        .flat_map(|e| e.node.value.iter().filter_map(prefix_of).collect::<HashSet<_>>())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !prefix_room(&held, &candidate, self.limits.max_peers_per_prefix as usize) {
+                return Err(PeerRefusal::PrefixFull);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `peer` in the routing table at `addrs`; the publisher has
+    /// someone to ask once the first peer is in.
+    fn admit(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let mut added = false;
+        for addr in addrs {
+            added |= matches!(kad.add_address(&peer, addr), RoutingUpdate::Success);
+        }
+        if added && !self.shared.routable.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.shared.routable_changed.notify_waiters();
+        }
+    }
+
+    fn refuse_peer(&mut self, peer: PeerId, why: PeerRefusal) {
+        debug!(%peer, why = why.name(), "kept a peer out of the routing table");
+        *lock(&self.shared.refused_peers).entry(why.name().to_string()).or_default() += 1;
+    }
+
+    /// A peer that stopped answering leaves the routing table (it comes
+    /// back through admission when it next connects). The configured
+    /// bootstrap peers and relays stay: Kademlia's periodic refresh dials
+    /// them again, so a node that started before them still finds them.
+    pub(super) fn peer_unresponsive(&mut self, peer: PeerId) {
+        if self.trusted.contains(&peer) {
+            return;
+        }
+        if self.swarm.behaviour_mut().kad.remove_peer(&peer).is_some() {
+            debug!(%peer, "removed an unresponsive peer from the routing table");
+        }
+    }
+}
+
+/// The key and zone a node signs the claims it shows with.
+pub(super) struct ClaimSigner {
+    pub(super) key: std::sync::Arc<ed25519_dalek::SigningKey>,
+    pub(super) zone: signalling::ZoneName,
+    pub(super) claim_ttl: std::time::Duration,
+}
+
+/// The limits admission and offered records apply.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub(super) max_zones_per_key: u32,
+    pub(super) max_peers_per_prefix: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_takes_a_bounded_number_of_peers_from_one_network() {
+        let net = |s: &str| s.parse::<IpAddr>().unwrap_or_else(|e| panic!("{e}"));
+        let (a, b) = (net("10.1.2.0"), net("10.9.9.0"));
+        let one: HashSet<IpAddr> = [a].into();
+        assert!(prefix_room(&[], &one, 2));
+        assert!(prefix_room(&[a, b], &one, 2));
+        assert!(!prefix_room(&[a, a, b], &one, 2), "a third peer of 10.1.2.0/24");
+        assert!(prefix_room(&[b, b, b], &one, 2), "other networks do not count");
+    }
+}
