@@ -6,8 +6,9 @@
 //! routing table — and so the answers this node gives to FIND_NODE —
 //! only if that claim is valid, names the peer's own key, does not
 //! contradict a live claim this node holds for the zone, leaves the key
-//! within `max_zones_per_key`, and the peer's network (/24 or /48) has
-//! fewer than `max_peers_per_prefix` peers in its bucket. The bootstrap
+//! within `max_zones_per_key`, and the network it connects from (/24 or
+//! /48, as this node sees it) has fewer than `max_peers_per_prefix` peers
+//! in its bucket. The bootstrap
 //! peers and relays the operator configured are admitted as they are.
 //! A peer that stops answering (its ping timed out, or it cannot be
 //! dialled) leaves the table, unless the operator configured it. A
@@ -22,7 +23,7 @@ use libp2p::request_response::{self, ResponseChannel};
 use libp2p::PeerId;
 use tracing::debug;
 
-use super::limits::prefix_of;
+use super::limits::prefix_of_ip;
 use super::swarm::SwarmTask;
 use super::{lock, peer_of, wall_ms, ClaimState};
 use crate::behaviour::{ClaimAsk, ClaimShown};
@@ -31,6 +32,9 @@ use crate::record::{zone_key, MeshRecord, SignedZoneClaim};
 /// Peers being asked for their claim at once; more wait for their next
 /// identify.
 const MAX_ADMITTING: usize = 256;
+/// Admitted peers whose network is remembered (a routing table holds at
+/// most a few hundred).
+const MAX_ADMITTED_FROM: usize = 4096;
 
 /// Why a peer was kept out of the routing table (`mesh status`
 /// `refused_peers`).
@@ -93,8 +97,11 @@ impl SwarmTask {
                 request_response::Message::Request { channel, .. } => self.show_claim(channel),
                 request_response::Message::Response { response, .. } => {
                     let Some(addrs) = self.admitting.remove(&peer) else { return };
-                    match self.judge(peer, &addrs, response.claim) {
-                        Ok(()) => self.admit(peer, addrs),
+                    match self.judge(peer, response.claim) {
+                        Ok(()) => {
+                            self.note_admitted_from(peer);
+                            self.admit(peer, addrs);
+                        }
                         Err(why) => self.refuse_peer(peer, why),
                     }
                 }
@@ -119,9 +126,9 @@ impl SwarmTask {
         let _ = self.swarm.behaviour_mut().claim.send_response(channel, ClaimShown { claim });
     }
 
-    /// Whether `peer`, listening on `addrs`, may enter the routing table
-    /// on the strength of `claim`.
-    fn judge(&mut self, peer: PeerId, addrs: &[Multiaddr], claim: Option<SignedZoneClaim>) -> Result<(), PeerRefusal> {
+    /// Whether `peer` may enter the routing table on the strength of
+    /// `claim`.
+    fn judge(&mut self, peer: PeerId, claim: Option<SignedZoneClaim>) -> Result<(), PeerRefusal> {
         let claim = claim.ok_or(PeerRefusal::NoClaim)?;
         claim.verify(wall_ms()).map_err(|_| PeerRefusal::BadClaim)?;
         if peer_of(&claim.claim.node) != Some(peer) {
@@ -136,14 +143,21 @@ impl SwarmTask {
         if store.live_zones_of(&claim.claim.node, &key) >= self.limits.max_zones_per_key as usize {
             return Err(PeerRefusal::TooManyZones);
         }
-        let candidate: HashSet<IpAddr> = addrs.iter().filter_map(prefix_of).collect();
+        // The network it connects from, as this node sees it (not the
+        // addresses it reports, which it chooses).
+        let candidate: HashSet<IpAddr> = self
+            .connections
+            .values()
+            .filter(|(p, _, _)| *p == peer)
+            .filter_map(|(_, _, ip)| ip.and_then(prefix_of_ip))
+            .collect();
         if !candidate.is_empty() {
             let held: Vec<IpAddr> = kad
                 .kbucket(peer)
                 .map(|b| {
                     b.iter()
                         .filter(|e| *e.node.key.preimage() != peer)
-                        .flat_map(|e| e.node.value.iter().filter_map(prefix_of).collect::<HashSet<_>>())
+                        .filter_map(|e| self.admitted_from.get(e.node.key.preimage()).copied())
                         .collect()
                 })
                 .unwrap_or_default();
@@ -152,6 +166,26 @@ impl SwarmTask {
             }
         }
         Ok(())
+    }
+
+    /// Remembers the network `peer` was admitted from (for the bound per
+    /// bucket); forgets peers no longer in the table when the map is full.
+    fn note_admitted_from(&mut self, peer: PeerId) {
+        let Some(prefix) = self
+            .connections
+            .values()
+            .find(|(p, _, ip)| *p == peer && ip.and_then(prefix_of_ip).is_some())
+            .and_then(|(_, _, ip)| ip.and_then(prefix_of_ip))
+        else {
+            return;
+        };
+        if self.admitted_from.len() >= MAX_ADMITTED_FROM {
+            let kad = &mut self.swarm.behaviour_mut().kad;
+            let present: HashSet<PeerId> =
+                kad.kbuckets().flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>()).collect();
+            self.admitted_from.retain(|p, _| present.contains(p));
+        }
+        self.admitted_from.insert(peer, prefix);
     }
 
     /// Puts `peer` in the routing table at `addrs`; the publisher has

@@ -24,6 +24,8 @@ use crate::store::expiry_instant;
 /// Zone claims being checked against the mesh at once; more are refused
 /// (the sender's next renewal offers them again).
 const MAX_VERIFYING: usize = 64;
+/// Of those, checks of claims one peer offered.
+const MAX_VERIFYING_PER_PEER: usize = 8;
 
 impl SwarmTask {
     /// Counts a refused record, and logs it unless a line of that cause
@@ -73,11 +75,26 @@ impl SwarmTask {
     /// A claim for a zone this node has no record of: a new node would
     /// otherwise take whichever claim reached it first, and a rogue that
     /// is quick can be first. Ask the mesh before storing it.
+    ///
+    /// A node's own claim counts against the new names of the peer and
+    /// address it came from before the check starts, and one peer may have
+    /// only [`MAX_VERIFYING_PER_PEER`] checks under way: no peer can keep
+    /// the checks busy for others.
     fn verify_first_claim(&mut self, source: PeerId, ip: Option<IpAddr>, key: Vec<u8>, record: kad::Record) {
-        if self.verifying.len() >= MAX_VERIFYING || !self.verifying.insert(key.clone()) {
-            debug!(peer = %source, "a zone claim is already being checked; dropped this offer");
+        let from_source = self.verifying_from.get(&source).copied().unwrap_or(0);
+        if self.verifying.len() >= MAX_VERIFYING
+            || from_source >= MAX_VERIFYING_PER_PEER
+            || self.verifying.contains(&key)
+        {
+            debug!(peer = %source, "a zone claim is already being checked, or too many are; dropped this offer");
             return;
         }
+        let own = MeshRecord::decode(&record.value).is_ok_and(|r| peer_of(r.node()) == Some(source));
+        if own && !self.new_name_allowed(source, ip) {
+            return self.refused(source, &key, &RecordError::ClaimRateLimited);
+        }
+        self.verifying.insert(key.clone());
+        *self.verifying_from.entry(source).or_default() += 1;
         let id = self.swarm.behaviour_mut().kad.get_record(RecordKey::new(&key));
         let done = GetDone::VerifyClaim { source, ip, record: Box::new(record) };
         self.gets.insert(id, PendingGet::new(key, Enough::Agree(CLAIM_QUORUM), done));
@@ -85,8 +102,8 @@ impl SwarmTask {
 
     /// Stores an offered first claim unless the mesh named another holder
     /// (`votes`: valid claims other nodes returned, per holder) at least as
-    /// often as the offered one. A name its own node claims, or that no
-    /// other node knows, counts against the share of new names of the peer
+    /// often as the offered one. A claim handed on by another peer that no
+    /// other node knows counts against the share of new names of the peer
     /// that brought it (`source`) and of its address (`ip`).
     pub(super) fn verified(
         &mut self,
@@ -97,6 +114,12 @@ impl SwarmTask {
     ) {
         let key = record.key.to_vec();
         self.verifying.remove(&key);
+        if let Some(n) = self.verifying_from.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.verifying_from.remove(&source);
+            }
+        }
         let now = wall_ms();
         let Ok(offered) = validate(&key, &record.value, now, None, None) else { return };
         let mine = votes.get(offered.node()).copied().unwrap_or(0);
@@ -104,22 +127,23 @@ impl SwarmTask {
         if other > 0 && other >= mine {
             return self.refused(source, &key, &RecordError::ZoneTaken);
         }
-        if mine == 0 {
-            // No other node vouches for this claim: what it says of its
-            // own age is all there is, and a claim's times can be put back
-            // at most a record's lifetime, so neither may its history (a
-            // rogue could otherwise win ties by saying it came first).
+        // A node's own claim was counted as it came (`verify_first_claim`)
+        // and says what its node knows of its history: a zone whose
+        // holders have all gone gets its claim stored again. A claim handed
+        // on by another peer that no node vouches for brings in a name:
+        // it counts against that peer's share, and its history may reach
+        // back no further than a record's lifetime (its times cannot be put
+        // back further either), so a rogue relaying a back-dated claim does
+        // not win ties with it.
+        let own = peer_of(offered.node()) == Some(source);
+        if mine == 0 && !own {
             let old = matches!(&offered, MeshRecord::Zone(c) if c.claim.first_claimed() < now.saturating_sub(MAX_LIFETIME_MS));
             if old {
                 return self.refused(source, &key, &RecordError::HistoryRewritten);
             }
-        }
-        // A name is brought in by the peer that claims it for itself, or
-        // by one that hands on a claim no other node vouches for: either
-        // counts against the shares of that peer and of its address.
-        let own = peer_of(offered.node()) == Some(source);
-        if (mine == 0 || own) && !self.new_name_allowed(source, ip) {
-            return self.refused(source, &key, &RecordError::ClaimRateLimited);
+            if !self.new_name_allowed(source, ip) {
+                return self.refused(source, &key, &RecordError::ClaimRateLimited);
+            }
         }
         // Judged again against what arrived meanwhile.
         let store = self.swarm.behaviour_mut().kad.store_mut();

@@ -41,6 +41,11 @@ impl<K: Hash + Eq + Clone> RateLimits<K> {
             |(tokens, at): &(f64, Instant)| (tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
         if self.buckets.len() >= MAX_TRACKED && !self.buckets.contains_key(key) {
             self.buckets.retain(|_, b| refilled(b) < burst);
+            // Every one still spending: start afresh rather than grow (the
+            // limits are then lenient for a moment, never unbounded).
+            if self.buckets.len() >= MAX_TRACKED {
+                self.buckets.clear();
+            }
         }
         let bucket = self.buckets.entry(key.clone()).or_insert((burst, now));
         let tokens = refilled(bucket);
@@ -97,12 +102,13 @@ impl LogLimiter {
 /// IPv4 address, the /48 of an IPv6 one. `None` for loopback and
 /// unspecified addresses and for the simulator's memory addresses (one
 /// machine's own nodes are not a crowd).
+#[cfg(test)]
 pub(crate) fn prefix_of(addr: &Multiaddr) -> Option<IpAddr> {
-    let ip = addr.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
-    })?;
+    ip_of(addr).and_then(prefix_of_ip)
+}
+
+/// [`prefix_of`] for an IP address.
+pub(crate) fn prefix_of_ip(ip: IpAddr) -> Option<IpAddr> {
     if ip.is_loopback() || ip.is_unspecified() {
         return None;
     }
@@ -119,11 +125,15 @@ pub(crate) fn prefix_of(addr: &Multiaddr) -> Option<IpAddr> {
 }
 
 /// The IP address an address names (loopback included), for limits per
-/// source address.
+/// source address. IPv6 addresses are cut to their /64: one host has a
+/// whole /64 to pick addresses from.
 pub(crate) fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     addr.iter().find_map(|p| match p {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        Protocol::Ip6(ip) => {
+            let s = ip.segments();
+            Some(IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0]))
+        }
         _ => None,
     })
 }

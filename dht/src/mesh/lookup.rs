@@ -82,6 +82,9 @@ pub(super) enum Enough {
 /// Holders of a zone claim that must agree before a lookup stops early.
 pub(super) const CLAIM_QUORUM: usize = 3;
 
+/// Zones and users cached at most; past that the cache starts afresh.
+const MAX_CACHED: usize = 4096;
+
 /// A lookup under way.
 pub(super) struct PendingGet {
     key: Vec<u8>,
@@ -200,7 +203,14 @@ impl Mesh {
         let Some(best) = best_claim(votes) else {
             return (None, stats);
         };
-        lock(&self.shared.claim_cache).insert(zone.clone(), (best.clone(), Instant::now()));
+        let mut cache = lock(&self.shared.claim_cache);
+        // Bounded: the zones a node looks up include those other nodes'
+        // requests name.
+        if cache.len() >= MAX_CACHED && !cache.contains_key(zone) {
+            cache.clear();
+        }
+        cache.insert(zone.clone(), (best.clone(), Instant::now()));
+        drop(cache);
         (Some(best), LookupStats { incomplete: false, ..stats })
     }
 
@@ -311,7 +321,12 @@ impl Mesh {
         };
         let Some(peer) = peer_of(&rec.record.node) else { return (Err(RouteError::UnknownUser), Some(stats)) };
         let addrs: Vec<Multiaddr> = rec.record.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-        lock(&self.shared.user_cache).insert(user.clone(), (peer, addrs.clone(), Instant::now()));
+        let mut cache = lock(&self.shared.user_cache);
+        if cache.len() >= MAX_CACHED && !cache.contains_key(user) {
+            cache.clear();
+        }
+        cache.insert(user.clone(), (peer, addrs.clone(), Instant::now()));
+        drop(cache);
         (Ok((peer, addrs)), Some(stats))
     }
 

@@ -193,6 +193,7 @@ impl Mesh {
             relay_redial: config.stretch(swarm::RELAY_REDIAL),
             trusted,
             admitting: HashMap::new(),
+            admitted_from: HashMap::new(),
             signer: admission::ClaimSigner { key: key.clone(), zone: zone.clone(), claim_ttl: config.claim_ttl },
             limits: admission::Limits {
                 max_zones_per_key: config.max_zones_per_key,
@@ -202,6 +203,7 @@ impl Mesh {
             new_names_by_peer: limits::RateLimits::per_hour(config.new_zones_per_peer_per_hour, hour),
             new_names_by_ip: limits::RateLimits::per_hour(config.new_zones_per_address_per_hour, hour),
             verifying: BTreeSet::new(),
+            verifying_from: HashMap::new(),
             joined: false,
             met: BTreeSet::new(),
             handoff_queue: VecDeque::new(),

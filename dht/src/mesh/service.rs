@@ -40,12 +40,18 @@ use super::{lock, Mesh, MeshError, RouteError, Shared};
 const MAX_AUTHENTICATING: usize = 256;
 /// How long a peer found to hold a zone is believed without asking again
 /// (protocol time): a conversation's requests cost one check, whatever
-/// `cache_ttl` is, and a zone handed to a new key is believed of the old
-/// one for at most this long.
+/// `cache_ttl` is.
 const AUTH_TTL: Duration = Duration::from_secs(60);
-/// (peer, zone) pairs remembered as authenticated; past that, all are
+/// How long a peer found not to hold a zone is refused without asking
+/// again (protocol time): naming zones it does not hold costs a peer one
+/// lookup per zone and ten seconds, not one per request.
+const DENY_TTL: Duration = Duration::from_secs(10);
+/// (peer, zone) pairs remembered either way; past that, all are
 /// forgotten.
 const MAX_AUTHENTICATED: usize = 4096;
+/// Checks one peer may have under way at once; past that its requests are
+/// refused as busy, so one peer cannot take every check.
+const MAX_CHECKS_PER_PEER: usize = 4;
 
 /// An inbound request as the swarm task hands it over: not yet read.
 #[derive(Debug)]
@@ -65,9 +71,17 @@ struct Registration {
 #[derive(Default)]
 pub(super) struct Registry(std::sync::Mutex<HashMap<&'static str, Registration>>);
 
-/// Peers recently found to hold a zone, and when.
+/// What the router knows of peers and the zones they speak for.
 #[derive(Default)]
-pub(super) struct Authenticated(std::sync::Mutex<HashMap<(PeerId, ZoneName), Instant>>);
+pub(super) struct Authenticated(std::sync::Mutex<AuthState>);
+
+#[derive(Default)]
+pub(super) struct AuthState {
+    /// Whether a peer holds a zone, and since when that is known.
+    known: HashMap<(PeerId, ZoneName), (bool, Instant)>,
+    /// Checks under way, per peer.
+    checking: HashMap<PeerId, usize>,
+}
 
 /// A request of service `S` from another node, authenticated: the sending
 /// peer holds the claim of `zone`.
@@ -262,23 +276,42 @@ impl Mesh {
     }
 }
 
-/// Whether `peer` holds `zone`: believed for [`AUTH_TTL`] once the mesh
-/// said so.
-async fn authenticated(mesh: &Mesh, peer: PeerId, zone: &ZoneName) -> bool {
-    let ttl = mesh.config.stretch(AUTH_TTL);
-    let key = (peer, zone.clone());
-    if lock(&mesh.shared.authenticated.0).get(&key).is_some_and(|at| at.elapsed() < ttl) {
-        return true;
-    }
+/// What is known of whether `peer` holds `zone`: `Some(true)` within
+/// [`AUTH_TTL`] of the mesh saying so, `Some(false)` within [`DENY_TTL`] of
+/// it saying not, else `None`.
+fn known(mesh: &Mesh, peer: PeerId, zone: &ZoneName) -> Option<bool> {
+    let auth = lock(&mesh.shared.authenticated.0);
+    let &(holds, at) = auth.known.get(&(peer, zone.clone()))?;
+    let ttl = mesh.config.stretch(if holds { AUTH_TTL } else { DENY_TTL });
+    (at.elapsed() < ttl).then_some(holds)
+}
+
+/// Asks the mesh whether `peer` holds `zone`, and remembers the answer.
+async fn check(mesh: &Mesh, peer: PeerId, zone: &ZoneName) -> bool {
     let holds = mesh.holds_zone(peer, zone).await;
-    if holds {
-        let mut known = lock(&mesh.shared.authenticated.0);
-        if known.len() >= MAX_AUTHENTICATED {
-            known.clear();
-        }
-        known.insert(key, Instant::now());
+    let mut auth = lock(&mesh.shared.authenticated.0);
+    if auth.known.len() >= MAX_AUTHENTICATED {
+        auth.known.clear();
     }
+    auth.known.insert((peer, zone.clone()), (holds, Instant::now()));
     holds
+}
+
+/// Hands an authenticated request to its service's queue.
+async fn dispatch(mesh: &Mesh, tx: &mpsc::Sender<RawInbound>, raw: RawInbound) {
+    if let Err(e) = tx.try_send(raw) {
+        let (why, raw) = match e {
+            mpsc::error::TrySendError::Full(r) => ((Refusal::Busy, "service busy"), r),
+            mpsc::error::TrySendError::Closed(r) => ((Refusal::UnknownService, "service stopped"), r),
+        };
+        refuse(&mesh.cmd, &mesh.shared, raw.channel, why.0, why.1).await;
+    }
+}
+
+async fn unauthorised(mesh: &Mesh, raw: RawInbound) {
+    debug!(peer = %raw.peer, zone = %raw.request.zone, "refused a request: the sender does not hold the zone");
+    let why = format!("sender does not hold zone {}", raw.request.zone);
+    refuse(&mesh.cmd, &mesh.shared, raw.channel, Refusal::Unauthorised, why).await;
 }
 
 /// The router: checks each inbound request and hands it to its service.
@@ -309,7 +342,33 @@ pub(super) async fn route(mesh: Mesh, mut inbound: mpsc::Receiver<RawInbound>) {
             refuse(cmd, shared, raw.channel, Refusal::RateLimited, "too many requests").await;
             continue;
         }
-        let Ok(permit) = authenticating.clone().try_acquire_owned() else {
+        // What the router knows already answers at once, in order.
+        match known(&mesh, raw.peer, &req.zone) {
+            Some(true) => {
+                dispatch(&mesh, &tx, raw).await;
+                continue;
+            }
+            Some(false) => {
+                unauthorised(&mesh, raw).await;
+                continue;
+            }
+            None => {}
+        }
+        let peer = raw.peer;
+        let busy = {
+            let mut auth = lock(&shared.authenticated.0);
+            let n = auth.checking.entry(peer).or_default();
+            let full = *n >= MAX_CHECKS_PER_PEER;
+            if !full {
+                *n += 1;
+            }
+            full
+        };
+        let permit = if busy { None } else { authenticating.clone().try_acquire_owned().ok() };
+        let Some(permit) = permit else {
+            if !busy {
+                done_checking(shared, peer);
+            }
             refuse(cmd, shared, raw.channel, Refusal::Busy, "node busy").await;
             continue;
         };
@@ -319,19 +378,24 @@ pub(super) async fn route(mesh: Mesh, mut inbound: mpsc::Receiver<RawInbound>) {
         let mesh = mesh.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let (cmd, shared) = (&mesh.cmd, &mesh.shared);
-            if !authenticated(&mesh, raw.peer, &raw.request.zone).await {
-                debug!(peer = %raw.peer, zone = %raw.request.zone, "refused a request: the sender does not hold the zone");
-                let why = format!("sender does not hold zone {}", raw.request.zone);
-                return refuse(cmd, shared, raw.channel, Refusal::Unauthorised, why).await;
-            }
-            if let Err(e) = tx.try_send(raw) {
-                let (why, raw) = match e {
-                    mpsc::error::TrySendError::Full(r) => ((Refusal::Busy, "service busy"), r),
-                    mpsc::error::TrySendError::Closed(r) => ((Refusal::UnknownService, "service stopped"), r),
-                };
-                refuse(cmd, shared, raw.channel, why.0, why.1).await;
+            let holds = check(&mesh, peer, &raw.request.zone).await;
+            done_checking(&mesh.shared, peer);
+            if holds {
+                dispatch(&mesh, &tx, raw).await;
+            } else {
+                unauthorised(&mesh, raw).await;
             }
         });
+    }
+}
+
+/// One check of `peer`'s has ended.
+fn done_checking(shared: &Shared, peer: PeerId) {
+    let mut auth = lock(&shared.authenticated.0);
+    if let Some(n) = auth.checking.get_mut(&peer) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            auth.checking.remove(&peer);
+        }
     }
 }

@@ -92,6 +92,8 @@ pub(super) struct SwarmTask {
     pub(super) trusted: HashSet<PeerId>,
     /// Peers asked for their claim, with the addresses identify gave.
     pub(super) admitting: HashMap<PeerId, Vec<Multiaddr>>,
+    /// The network each admitted peer connected from.
+    pub(super) admitted_from: HashMap<PeerId, IpAddr>,
     /// Signs the claim this node shows.
     pub(super) signer: ClaimSigner,
     /// Limits on zones per key and peers per network.
@@ -103,6 +105,8 @@ pub(super) struct SwarmTask {
     pub(super) new_names_by_ip: RateLimits<IpAddr>,
     /// Zone keys whose offered first claim is being checked.
     pub(super) verifying: BTreeSet<Vec<u8>>,
+    /// How many of those checks each peer's offers started.
+    pub(super) verifying_from: HashMap<PeerId, usize>,
     /// Whether the first routing-table refresh has finished (hand-overs
     /// wait for a view of the mesh around each key).
     pub(super) joined: bool,
