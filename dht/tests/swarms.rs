@@ -245,6 +245,14 @@ async fn a_new_service_needs_no_change_to_the_mesh_and_the_layer_refuses_by_caus
     })
     .await;
     assert_eq!(refused(rogue.mesh.send_to::<Echo>(peer, None, &"hi".to_string()).await), Some(Refusal::Unauthorised));
+    // Refused again at once: no lookup per request for a peer that keeps
+    // naming a zone it does not hold.
+    let lookups = b.mesh.status().await.lookups;
+    for _ in 0..3 {
+        let again = rogue.mesh.send_to::<Echo>(peer, None, &"hi".to_string()).await;
+        assert_eq!(refused(again), Some(Refusal::Unauthorised));
+    }
+    assert_eq!(b.mesh.status().await.lookups, lookups, "the refusal was remembered");
     // c's burst of twice 5 per second is spent well within these 30.
     let mut limited = 0u64;
     for _ in 0..30 {
@@ -255,7 +263,7 @@ async fn a_new_service_needs_no_change_to_the_mesh_and_the_layer_refuses_by_caus
     assert!(limited > 0, "no request of 30 was rate-limited");
     let counts = b.mesh.status().await.refused_requests;
     assert_eq!(counts.get(&Refusal::TooLarge), Some(&1));
-    assert_eq!(counts.get(&Refusal::Unauthorised), Some(&1));
+    assert_eq!(counts.get(&Refusal::Unauthorised), Some(&4));
     assert_eq!(counts.get(&Refusal::RateLimited), Some(&limited));
     assert_eq!(a.mesh.status().await.refused_requests.get(&Refusal::UnknownService), Some(&1));
     server.abort();
