@@ -33,6 +33,9 @@
 //! The transport ([`NetemTransport`]) is a plain libp2p [`Transport`]; the
 //! mesh upgrades it with noise and yamux as it does TCP, so everything above
 //! the socket is the code the node ships.
+//!
+//! Why one file of ~800 lines: the network model, the libp2p transport
+//! over it and their tests (a third of the file) change together.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;

@@ -33,8 +33,10 @@
 //! second. [`Turn::shutdown`] stops the threads and frees every allocation.
 
 pub mod auth;
+mod peers;
 pub mod policy;
 mod relay;
+mod udp;
 pub mod wire;
 
 use std::collections::HashSet;

@@ -15,24 +15,30 @@
 //! split), and consecutive datagrams to one destination of one size are
 //! sent with one `sendmsg` (GSO). Nothing on the data path waits to send:
 //! a full socket buffer drops the datagram, as any router does.
+//!
+//! Why one file of ~900 lines: the listener's control plane (Allocate,
+//! Refresh, CreatePermission, ChannelBind, Send) and the two data paths
+//! act on the same allocation table under one lock discipline, and read
+//! best side by side; the sockets (`udp`) and what an allocation grants
+//! (`peers`) are apart. The next cut, if it grows, is the control plane.
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
-use std::io::{self, IoSliceMut};
+use std::collections::HashMap;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use rand::Rng as _;
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
 use super::auth::{self, Nonces};
+pub(crate) use super::peers::HostPorts;
+use super::peers::{Bucket, Channel, Peers, Permission};
 use super::policy::{canonical, is_this_host, Peer, Refusal};
+use super::udp::{Outbox, SCRATCH};
+pub(crate) use super::udp::{Rx, Udp};
 use super::wire::{self, attr, method, Builder, Class, Message};
 use super::Settings;
 use crate::pii::Pii;
@@ -58,12 +64,12 @@ const RELAY_BUFFER: usize = 1 << 20;
 /// Datagrams read per system call.
 pub(crate) const BATCH: usize = quinn_udp::BATCH_SIZE;
 /// Room for one read: a datagram, or several coalesced by GRO.
-const SLOT: usize = 64 * 1024;
+pub(super) const SLOT: usize = 64 * 1024;
 /// Largest datagram sent in a GSO batch (more might exceed a link's MTU,
 /// and GSO does not fragment).
-const MAX_GSO_SEGMENT: usize = 1280;
+pub(super) const MAX_GSO_SEGMENT: usize = 1280;
 /// Bytes in one GSO batch.
-const MAX_GSO_BYTES: usize = 60 * 1024;
+pub(super) const MAX_GSO_BYTES: usize = 60 * 1024;
 /// Batches read in a row before other tasks get a turn.
 const BATCHES_PER_TURN: usize = 8;
 /// Tries at finding a free relay port.
@@ -93,213 +99,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// A UDP socket registered with this thread's runtime, with quinn-udp's
-/// batched receive and segmented (GSO) send.
-pub(crate) struct Udp {
-    io: UdpSocket,
-    state: UdpSocketState,
-}
-
-impl Udp {
-    /// Wraps a bound, non-blocking socket (inside a runtime).
-    pub(crate) fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
-        let state = UdpSocketState::new((&socket).into())?;
-        Ok(Self { io: UdpSocket::from_std(socket)?, state })
-    }
-
-    /// Reads up to [`BATCH`] datagrams; `WouldBlock` when none is queued.
-    fn recv_batch(&self, rx: &mut Rx) -> io::Result<usize> {
-        let Rx { buf, meta } = rx;
-        let mut slots = buf.chunks_mut(SLOT);
-        let mut iovs: [IoSliceMut<'_>; BATCH] =
-            std::array::from_fn(|_| IoSliceMut::new(slots.next().unwrap_or_default()));
-        self.io.try_io(Interest::READABLE, || self.state.recv((&self.io).into(), &mut iovs, meta))
-    }
-
-    /// Sends `contents` to `to`: one datagram, or (with `segment`) datagrams
-    /// of `segment` bytes, the last possibly shorter. Drops them if the
-    /// socket buffer is full.
-    ///
-    /// The send is made straight on the socket, not through tokio's
-    /// readiness (`try_send_to`): a relay socket made a moment ago has no
-    /// writable readiness yet until the reactor has turned, and tokio would
-    /// answer `WouldBlock` without asking the kernel, dropping the first
-    /// datagrams of a call.
-    fn send(&self, to: SocketAddr, contents: &[u8], segment: Option<usize>) {
-        let segment_size = segment.filter(|s| contents.len() > *s);
-        let t = Transmit { destination: to, ecn: None, contents, segment_size, src_ip: None };
-        if let Err(e) = self.state.send((&self.io).into(), &t) {
-            debug!(error = %e, to = %Pii(&to), "turn: datagram dropped");
-        }
-    }
-
-    /// Datagrams one GSO send may carry.
-    fn max_segments(&self) -> usize {
-        self.state.max_gso_segments()
-    }
-}
-
-/// Buffers for one batched read.
-pub(crate) struct Rx {
-    buf: Vec<u8>,
-    meta: [RecvMeta; BATCH],
-}
-
-impl Rx {
-    pub(crate) fn new() -> Self {
-        Self { buf: vec![0; BATCH * SLOT], meta: [RecvMeta::default(); BATCH] }
-    }
-
-    /// The first `n` reads as datagrams (source, local address it came to,
-    /// bytes), GRO-coalesced ones split.
-    fn datagrams(&self, n: usize) -> impl Iterator<Item = (SocketAddr, Option<IpAddr>, &[u8])> {
-        self.meta.iter().take(n).enumerate().flat_map(move |(i, m)| {
-            let slot = &self.buf[i * SLOT..i * SLOT + m.len.min(SLOT)];
-            let stride = if m.stride == 0 { slot.len().max(1) } else { m.stride };
-            slot.chunks(stride).map(move |d| (m.addr, m.dst_ip, d))
-        })
-    }
-}
-
-/// Datagrams for one destination, gathered so that one GSO send can carry
-/// them: all of one size but the last, which may be shorter.
-#[derive(Default)]
-struct Outbox {
-    buf: Vec<u8>,
-    segment: usize,
-    count: usize,
-    closed: bool,
-}
-
-impl Outbox {
-    /// Whether a datagram of `len` bytes may join (always, when empty).
-    fn fits(&self, len: usize, max_segments: usize) -> bool {
-        self.count == 0
-            || (!self.closed
-                && len <= self.segment
-                && self.segment <= MAX_GSO_SEGMENT
-                && self.count < max_segments
-                && self.buf.len() + len <= MAX_GSO_BYTES)
-    }
-
-    /// Appends the datagram `write` writes.
-    fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.buf.len();
-        write(&mut self.buf);
-        let len = self.buf.len() - start;
-        if self.count == 0 {
-            self.segment = len;
-        } else if len < self.segment {
-            self.closed = true;
-        }
-        self.count += 1;
-    }
-
-    /// Sends what was gathered through `udp` to `to`, and empties.
-    fn flush(&mut self, udp: &Udp, to: SocketAddr) {
-        if self.count > 0 {
-            udp.send(to, &self.buf, (self.count > 1).then_some(self.segment));
-        }
-        self.buf.clear();
-        self.count = 0;
-        self.closed = false;
-    }
-}
-
-thread_local! {
-    /// Buffers the relay tasks of a thread share (they run one at a time,
-    /// and never hold them across an await).
-    static SCRATCH: RefCell<(Rx, Outbox)> = RefCell::new((Rx::new(), Outbox::default()));
-}
-
-/// Ports of this machine: the node's services (never relayed to) and the
-/// live relay ports of this server (the only ports of this machine that
-/// are relayed to).
-#[derive(Debug, Default)]
-pub(crate) struct HostPorts {
-    pub(crate) service: RwLock<HashSet<u16>>,
-    relays: RwLock<HashSet<u16>>,
-}
-
-impl HostPorts {
-    /// Whether a peer of `kind` may be reached (or heard) on `port`.
-    fn port_ok(&self, kind: Peer, port: u16) -> bool {
-        let service = || self.service.read().unwrap_or_else(PoisonError::into_inner).contains(&port);
-        match kind {
-            Peer::Remote => port != 0,
-            Peer::Loopback => port != 0 && !service(),
-            Peer::ThisHost => !service() && self.relays.read().unwrap_or_else(PoisonError::into_inner).contains(&port),
-        }
-    }
-}
-
-/// A token bucket in bytes.
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(bytes_per_second: u64, now: Instant) -> Self {
-        let rate = bytes_per_second as f64;
-        // Half a second of traffic (at least 64 KiB) may come at once, for
-        // key frames.
-        let burst = (rate / 2.0).max(64.0 * 1024.0);
-        Self { tokens: burst, rate, burst, last: now }
-    }
-
-    fn take(&mut self, n: usize, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= n as f64 {
-            self.tokens -= n as f64;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Permission {
-    expires: Instant,
-    kind: Peer,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Channel {
-    peer: SocketAddr,
-    expires: Instant,
-    kind: Peer,
-}
-
-/// What the two tasks of an allocation share.
-#[derive(Debug)]
-struct Peers {
-    permissions: HashMap<IpAddr, Permission>,
-    channels: HashMap<u16, Channel>,
-    by_peer: HashMap<SocketAddr, u16>,
-    bucket: Bucket,
-}
-
-impl Peers {
-    /// The kind of `peer` if a live permission covers it.
-    fn permitted(&self, peer: SocketAddr, now: Instant) -> Option<Peer> {
-        self.permissions.get(&peer.ip()).filter(|p| p.expires >= now).map(|p| p.kind)
-    }
-
-    fn purge(&mut self, now: Instant) {
-        self.permissions.retain(|_, p| p.expires >= now);
-        self.channels.retain(|_, c| c.expires >= now);
-        let channels = &self.channels;
-        self.by_peer.retain(|_, n| channels.contains_key(n));
-    }
 }
 
 struct Allocation {
@@ -517,7 +316,7 @@ impl Listener {
                     break;
                 }
             };
-            let rx = std::mem::replace(&mut self.rx, Rx { buf: Vec::new(), meta: [RecvMeta::default(); BATCH] });
+            let rx = std::mem::replace(&mut self.rx, Rx::placeholder());
             for (from, dst, pkt) in rx.datagrams(n) {
                 self.dst_ip = dst;
                 self.on_datagram(pkt, SocketAddr::new(canonical(from.ip()), from.port()));
@@ -1055,50 +854,5 @@ impl PeerToClient {
         }
         drop(peers);
         outbox.flush(&self.socket, self.client);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_ports_are_never_peers() {
-        let host = HostPorts::default();
-        host.service.write().unwrap_or_else(PoisonError::into_inner).extend([3478, 8443, 7447]);
-        host.relays.write().unwrap_or_else(PoisonError::into_inner).insert(50000);
-        // Another machine: any port but 0.
-        assert!(host.port_ok(Peer::Remote, 3478) && !host.port_ok(Peer::Remote, 0));
-        // This machine: only live relay ports.
-        assert!(host.port_ok(Peer::ThisHost, 50000));
-        for port in [3478, 8443, 7447, 22, 50001] {
-            assert!(!host.port_ok(Peer::ThisHost, port), "{port}");
-        }
-        // Loopback (tests, benchmarks): anything but the service ports.
-        assert!(host.port_ok(Peer::Loopback, 50000) && host.port_ok(Peer::Loopback, 4000));
-        for port in [0, 3478, 8443, 7447] {
-            assert!(!host.port_ok(Peer::Loopback, port), "{port}");
-        }
-    }
-
-    #[test]
-    fn bucket_allows_a_burst_then_the_rate() {
-        let t0 = Instant::now();
-        let mut b = Bucket::new(8_000, t0);
-        let mut passed = 0;
-        while b.take(1000, t0) {
-            passed += 1;
-        }
-        assert_eq!(passed, 65, "a 64 KiB burst");
-        // 536 bytes left, then 8 bytes per millisecond.
-        assert!(!b.take(1000, t0 + Duration::from_millis(50)), "936 bytes of credit after 50 ms");
-        assert!(b.take(1000, t0 + Duration::from_millis(100)), "1336 bytes of credit after 100 ms");
-        // Credit never exceeds the burst.
-        let later = t0 + Duration::from_secs(3600);
-        let mut passed = 0;
-        while b.take(1000, later) {
-            passed += 1;
-        }
-        assert!(passed <= 66, "{passed}");
     }
 }
