@@ -21,6 +21,11 @@ pub const SERVICE_PROTOCOL: StreamProtocol = StreamProtocol::new("/xarxa/service
 pub const IDENTIFY_VERSION: &str = "/xarxa/id/1.0.0";
 /// Largest service request or reply, in bytes (envelope included).
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// Largest Kademlia message read (libp2p's default is 16 KiB). Eight
+/// times a record's limit, so that a peer offering an oversized value is
+/// seen and counted; a longer message is cut off after its length prefix,
+/// nothing of it read.
+pub const MAX_KAD_MESSAGE_BYTES: usize = 64 * 1024;
 /// The admission protocol: a peer shows the zone claim of its own key
 /// before it enters the routing table (see `mesh::admission`).
 pub const CLAIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/xarxa/claim/1");
@@ -108,7 +113,11 @@ impl Behaviour {
             // Peers enter the routing table only once they showed a zone
             // claim (`mesh::admission`): a foreign peer may ask questions,
             // it may not shape others' tables or their FIND_NODE answers.
-            .set_kbucket_inserts(kad::BucketInserts::Manual);
+            .set_kbucket_inserts(kad::BucketInserts::Manual)
+            // Kademlia drops a longer message at the stream and tells no
+            // one; up to this size an oversized value reaches `inbound`,
+            // which refuses it and counts it (`too_large`).
+            .set_max_packet_size(MAX_KAD_MESSAGE_BYTES);
         let mut kad = kad::Behaviour::with_config(peer, store, kad_config);
         kad.set_mode(Some(kad::Mode::Server));
         let limits = connection_limits::ConnectionLimits::default()

@@ -17,7 +17,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use signalling::{Address, ZoneName};
 
@@ -111,9 +111,12 @@ pub enum MeshRecord {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecordError {
-    /// Not a record, or over the size limits.
+    /// Not a record, or over the limits on addresses.
     #[error("malformed record: {0}")]
     Malformed(String),
+    /// A value longer than [`MAX_RECORD_BYTES`].
+    #[error("record of {0} bytes is over the size limit")]
+    TooLarge(usize),
     /// Stored under a key that does not match its content.
     #[error("record stored under the wrong key")]
     KeyMismatch,
@@ -157,6 +160,7 @@ impl RecordError {
     pub fn cause(&self) -> &'static str {
         match self {
             Self::Malformed(_) | Self::KeyMismatch => "malformed",
+            Self::TooLarge(_) => "too_large",
             Self::BadSignature => "bad_signature",
             Self::Expired => "expired",
             Self::Replayed { .. } => "replayed",
@@ -174,6 +178,8 @@ impl RecordError {
 pub struct Rejections {
     /// Malformed or wrong key.
     pub malformed: AtomicU64,
+    /// Values over the size limit.
+    pub too_large: AtomicU64,
     /// Bad signatures.
     pub bad_signature: AtomicU64,
     /// Expired or not yet valid.
@@ -197,6 +203,10 @@ pub struct Rejections {
 pub struct RejectionCounts {
     /// Malformed or wrong key.
     pub malformed: u64,
+    /// Values over the size limit (up to what a Kademlia message may
+    /// carry, [`crate::behaviour::MAX_KAD_MESSAGE_BYTES`]).
+    #[serde(default)]
+    pub too_large: u64,
     /// Bad signatures.
     pub bad_signature: u64,
     /// Expired or not yet valid.
@@ -223,6 +233,7 @@ impl Rejections {
     pub fn count(&self, e: &RecordError) {
         let c = match e {
             RecordError::Malformed(_) | RecordError::KeyMismatch => &self.malformed,
+            RecordError::TooLarge(_) => &self.too_large,
             RecordError::BadSignature => &self.bad_signature,
             RecordError::Expired => &self.expired,
             RecordError::Replayed { .. } => &self.replayed,
@@ -240,6 +251,7 @@ impl Rejections {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         RejectionCounts {
             malformed: g(&self.malformed),
+            too_large: g(&self.too_large),
             bad_signature: g(&self.bad_signature),
             expired: g(&self.expired),
             replayed: g(&self.replayed),
@@ -277,18 +289,31 @@ fn verify(node_hex: &str, tag: &[u8], body: &impl Serialize, sig_hex: &str) -> R
     let key: [u8; 32] = hex_decode(node_hex).and_then(|b| b.try_into().ok()).ok_or(RecordError::BadSignature)?;
     let key = VerifyingKey::from_bytes(&key).map_err(|_| RecordError::BadSignature)?;
     let sig: [u8; 64] = hex_decode(sig_hex).and_then(|b| b.try_into().ok()).ok_or(RecordError::BadSignature)?;
-    key.verify(&canonical(tag, body), &Signature::from_bytes(&sig)).map_err(|_| RecordError::BadSignature)
+    // `verify_strict` refuses the weak keys and non-canonical signatures that
+    // plain `verify` lets through, so a valid record has one spelling only.
+    key.verify_strict(&canonical(tag, body), &Signature::from_bytes(&sig)).map_err(|_| RecordError::BadSignature)
 }
 
 fn hex_encode(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Lower-case hex only, as `hex_encode` writes it: a key or a signature has
+/// exactly one spelling, so a respelled copy is not a second key (which would
+/// slip past the per-key zone bound) nor a second record.
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 256 {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let b = s.as_bytes();
+    if b.len() % 2 != 0 || b.len() > 256 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    b.chunks_exact(2).map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?)).collect()
 }
 
 /// The hex public key of a signing key, as records name it.
@@ -374,7 +399,7 @@ impl MeshRecord {
     /// Decodes a stored value, with the size limit.
     pub fn decode(value: &[u8]) -> Result<Self, RecordError> {
         if value.len() > MAX_RECORD_BYTES {
-            return Err(RecordError::Malformed(format!("{} bytes", value.len())));
+            return Err(RecordError::TooLarge(value.len()));
         }
         serde_json::from_slice(value).map_err(|e| RecordError::Malformed(e.to_string()))
     }
@@ -584,7 +609,7 @@ mod tests {
         assert_eq!(validate(b"/xarxa/zone/gracia", &rec.encode(), NOW, None, None), Err(RecordError::KeyMismatch));
         assert!(matches!(
             validate(b"k", &[b'{'; MAX_RECORD_BYTES + 1], NOW, None, None),
-            Err(RecordError::Malformed(_))
+            Err(RecordError::TooLarge(_))
         ));
         assert!(matches!(validate(b"k", b"not json", NOW, None, None), Err(RecordError::Malformed(_))));
         let r = Rejections::default();
@@ -621,6 +646,43 @@ mod tests {
         let mut relabelled = v1;
         relabelled.claim.first_claimed_at_ms = Some(NOW - 5);
         assert_eq!(check(&MeshRecord::Zone(relabelled), None, None), Err(RecordError::BadSignature));
+    }
+
+    #[test]
+    fn a_key_and_a_signature_have_one_spelling() {
+        let a = key(1);
+        let good = claim(&a, "sants", 1);
+        assert!(check(&MeshRecord::Zone(good.clone()), None, None).is_ok());
+        // The same key in capitals would be a second key to the per-key
+        // bound; the same signature in capitals a second record.
+        let mut upper_key = good.claim.clone();
+        upper_key.node = upper_key.node.to_uppercase();
+        let upper_key = SignedZoneClaim { claim: upper_key, sig: good.sig.clone() };
+        assert_eq!(check(&MeshRecord::Zone(upper_key), None, None), Err(RecordError::BadSignature));
+        let upper_sig = SignedZoneClaim { claim: good.claim.clone(), sig: good.sig.to_uppercase() };
+        assert_eq!(check(&MeshRecord::Zone(upper_sig), None, None), Err(RecordError::BadSignature));
+        // `from_str_radix` took a leading `+`; a two-digit pair may not.
+        let plus = format!("+{}", &good.sig[1..]);
+        let plus = SignedZoneClaim { claim: good.claim.clone(), sig: plus };
+        assert_eq!(check(&MeshRecord::Zone(plus), None, None), Err(RecordError::BadSignature));
+        assert_eq!(hex_decode("0a1f"), Some(vec![0x0a, 0x1f]));
+        assert_eq!(hex_decode("0A"), None);
+        assert_eq!(hex_decode("+a"), None);
+        // A non-canonical S (S + L, the group order) verifies under plain
+        // `verify` on some versions; strict verification refuses it.
+        let mut sig = hex_decode(&good.sig).expect("hex");
+        let l: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = u16::from(sig[32 + i]) + u16::from(l[i]) + carry;
+            sig[32 + i] = v as u8;
+            carry = v >> 8;
+        }
+        let malleable = SignedZoneClaim { claim: good.claim.clone(), sig: hex_encode(&sig) };
+        assert_eq!(check(&MeshRecord::Zone(malleable), None, None), Err(RecordError::BadSignature));
     }
 
     proptest::proptest! {

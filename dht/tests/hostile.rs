@@ -29,24 +29,36 @@ struct Throwaway {
     identify: identify::Behaviour,
 }
 
-/// Starts a throw-away peer that joins through `boot`, walks the mesh for
-/// random keys, and sends every peer its walks end on to `found`. It stays
-/// until the returned task is aborted.
-fn throwaway(boot: Multiaddr, found: mpsc::UnboundedSender<Vec<PeerId>>) -> (PeerId, tokio::task::JoinHandle<()>) {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+/// A swarm of a [`Throwaway`] peer with a fresh key; `max_bytes` raises its
+/// Kademlia message and value limits (to offer values over the mesh's).
+fn throwaway_swarm(max_bytes: Option<usize>) -> libp2p::Swarm<Throwaway> {
+    libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
         .unwrap()
         .with_behaviour(|key| {
             let peer = key.public().to_peer_id();
-            let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), kad::Config::new(KAD_PROTOCOL));
+            let mut config = kad::Config::new(KAD_PROTOCOL);
+            let mut store = kad::store::MemoryStoreConfig::default();
+            if let Some(max) = max_bytes {
+                config.set_max_packet_size(max);
+                store.max_value_bytes = max;
+            }
+            let mut kad = kad::Behaviour::with_config(peer, MemoryStore::with_config(peer, store), config);
             kad.set_mode(Some(kad::Mode::Server));
             let identify = identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), key.public()));
             Throwaway { kad, identify }
         })
         .unwrap()
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+        .build()
+}
+
+/// Starts a throw-away peer that joins through `boot`, walks the mesh for
+/// random keys, and sends every peer its walks end on to `found`. It stays
+/// until the returned task is aborted.
+fn throwaway(boot: Multiaddr, found: mpsc::UnboundedSender<Vec<PeerId>>) -> (PeerId, tokio::task::JoinHandle<()>) {
+    let mut swarm = throwaway_swarm(None);
     let me = *swarm.local_peer_id();
     swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
     let boot_peer = boot.iter().find_map(|p| match p {
@@ -229,4 +241,34 @@ async fn a_put_that_fell_back_is_provisional() {
     until("a's claim went out provisionally", || async { a.mesh.status().await.provisional_puts >= 1 }).await;
     until("h holds a's claim", || async { h.mesh.zone_claim(&ZoneName::parse("p").unwrap()).await.is_some() }).await;
     held.abort();
+}
+
+/// A value over the record limit is refused and counted as `too_large`,
+/// up to what a Kademlia message may carry; the node stores nothing of it
+/// and goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_value_is_counted() {
+    let a = start("a", 95, config("127.0.0.1", vec![])).await;
+    let boot = addr_of(&a).await;
+    let boot_peer = a.mesh.peer_id();
+    let mut swarm = throwaway_swarm(Some(1 << 20));
+    swarm.behaviour_mut().kad.add_address(&boot_peer, boot);
+    // 40 KiB, within a Kademlia message here; 8 KiB is the record limit.
+    const OFFERS: u64 = 3;
+    for i in 0..OFFERS {
+        let key = kad::RecordKey::new(&format!("/xarxa/zone/big{i}"));
+        let record = kad::Record::new(key, vec![b'{'; 40 * 1024]);
+        swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One).unwrap();
+    }
+    let task = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    until("a counted every oversized value", || async { a.mesh.status().await.rejected.too_large >= OFFERS }).await;
+    let status = a.mesh.status().await;
+    assert_eq!(status.rejected.too_large, OFFERS, "{:?}", status.rejected);
+    assert_eq!(status.rejected.malformed, 0, "{:?}", status.rejected);
+    assert!(status.stored_records <= 1, "at most a's own claim is stored: {}", status.stored_records);
+    task.abort();
 }

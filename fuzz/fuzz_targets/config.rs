@@ -38,6 +38,13 @@ fuzz_target!(
         if let Ok(config) = load(data) {
             assert!(config.validate().is_ok(), "a loaded configuration is invalid");
             assert!(config.zone_name().is_ok());
+            // Every deadline the node computes from a setting can be formed.
+            for (field, value, _) in config.durations() {
+                assert!(std::time::Instant::now().checked_add(value * 100).is_some(), "{field} overflows");
+            }
+            for d in [config.mesh.request_timeout, config.mesh.idle_timeout, config.mesh.claim_ttl] {
+                assert!(std::time::Instant::now().checked_add(config.mesh.stretch(d)).is_some());
+            }
             let example = example_toml(&config);
             let parsed: Config = toml::from_str(&example)
                 .unwrap_or_else(|e| panic!("the example of a loaded configuration does not parse: {e}\n{example}"));

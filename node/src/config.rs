@@ -356,7 +356,29 @@ impl Config {
         if t.ring.is_zero() || t.hello.is_zero() || t.session.is_zero() || t.idle < Duration::from_secs(5) {
             return invalid("timeouts", "ring, hello and session must be positive, idle at least 5s");
         }
+        for (field, value, max) in self.durations() {
+            if value > max {
+                return Err(ConfigError::Invalid { field, why: format!("{value:?} is longer than {max:?}") });
+            }
+        }
         Ok(())
+    }
+
+    /// Every duration of the file with its upper bound. The bounds are far
+    /// past any sensible value; they exist so that a deadline computed from
+    /// a setting (`Instant::now() + ring`) can never overflow.
+    pub fn durations(&self) -> [(&'static str, Duration, Duration); 7] {
+        const HOUR: Duration = Duration::from_secs(3600);
+        let (t, l) = (&self.timeouts, &self.limits);
+        [
+            ("timeouts.ring", t.ring, HOUR),
+            ("timeouts.grace", t.grace, HOUR),
+            ("timeouts.hello", t.hello, HOUR),
+            ("timeouts.session", t.session, 366 * 24 * HOUR),
+            ("timeouts.idle", t.idle, HOUR),
+            ("limits.login_window", l.login_window, 24 * HOUR),
+            ("turn.credential_ttl", self.turn.credential_ttl, 30 * 24 * HOUR),
+        ]
     }
 }
 
@@ -511,5 +533,15 @@ mod tests {
         let mut c = Config::default();
         c.tls.cert = Some("x.pem".into());
         assert!(c.validate().is_err());
+        // Found by fuzzing: a huge timeout overflowed `Instant` arithmetic.
+        let mut c = Config::default();
+        c.timeouts.hello = Duration::from_secs(u64::MAX / 2);
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "timeouts.hello", .. })));
+        let mut c = Config::default();
+        c.mesh.request_timeout = Duration::from_secs(u64::MAX / 2);
+        assert!(c.validate().is_err());
+        for (field, _, max) in Config::default().durations() {
+            assert!(std::time::Instant::now().checked_add(max * 100).is_some(), "{field}");
+        }
     }
 }

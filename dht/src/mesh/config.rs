@@ -181,6 +181,22 @@ impl MeshConfig {
         if self.request_timeout.is_zero() {
             return bad("request_timeout", "must be positive".into());
         }
+        // Upper bounds far past sensible values, so that no deadline computed
+        // from a setting (stretched up to MAX_TIME_SCALE) can overflow.
+        const HOUR: Duration = Duration::from_secs(3600);
+        let lifetime = Duration::from_millis(crate::record::MAX_LIFETIME_MS);
+        for (field, value, max) in [
+            ("claim_ttl", self.claim_ttl, lifetime),
+            ("user_ttl", self.user_ttl, lifetime),
+            ("cache_ttl", self.cache_ttl, 24 * HOUR),
+            ("request_timeout", self.request_timeout, HOUR),
+            ("idle_timeout", self.idle_timeout, 24 * HOUR),
+            ("bootstrap_interval", self.bootstrap_interval, 24 * HOUR),
+        ] {
+            if value > max {
+                return bad(field, format!("{value:?} is longer than {max:?}"));
+            }
+        }
         if self.max_connections == 0 || self.peer_requests_per_second == 0 {
             return bad("max_connections", "connections and request rates must be positive".into());
         }
@@ -249,6 +265,9 @@ mod tests {
             "republish"
         );
         assert_eq!(field(MeshConfig { time_scale: 1000.0, ..MeshConfig::default() }), "time_scale");
+        let forever = Duration::from_secs(u64::MAX / 4);
+        assert_eq!(field(MeshConfig { idle_timeout: forever, ..MeshConfig::default() }), "idle_timeout");
+        assert_eq!(field(MeshConfig { claim_ttl: forever, ..MeshConfig::default() }), "claim_ttl");
         let no_peer_id = "/ip4/10.0.0.1/tcp/7447".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(field(MeshConfig { relays: vec![no_peer_id], ..MeshConfig::default() }), "relays");
         assert!(MeshConfig { listen: vec![], enabled: false, ..MeshConfig::default() }.validate().is_ok());
