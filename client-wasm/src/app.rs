@@ -385,6 +385,7 @@ fn handle(msg: NodeToClient) {
             wasm_bindgen_futures::spawn_local(on_signal(signal));
         }
         NodeToClient::MissedCall { notice } => missed(notice),
+        NodeToClient::GoingAway { within_ms } => banner("error", &say::going_away(within_ms)),
         _ => {}
     }
 }

@@ -35,8 +35,15 @@ pub fn error(code: ErrorCode, message: &str) -> String {
         ErrorCode::RateLimited => "Slow down a little and try again.".into(),
         ErrorCode::TooManyDevices => "You have too many devices connected. Close one and reload.".into(),
         ErrorCode::InvalidToken => "Your session has ended. Please log in again.".into(),
+        ErrorCode::ShuttingDown => "Your node is restarting. Try again in a minute.".into(),
         _ => format!("Something went wrong: {message}"),
     }
+}
+
+/// What to say when the node announces it is shutting down.
+pub fn going_away(within_ms: u64) -> String {
+    let s = within_ms.div_ceil(1000);
+    format!("Your node is restarting: a call now ends within {s} s. You will be reconnected when it is back.")
 }
 
 /// `mm:ss`, or `h:mm:ss` past an hour.

@@ -45,6 +45,26 @@ pub struct Config {
     pub mesh: dht::MeshConfig,
     /// The node's own STUN/TURN server.
     pub turn: TurnSettings,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsSettings,
+}
+
+/// `/metrics`, in the Prometheus text format: on by default, for loopback
+/// clients only unless a token is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// A bearer token scrapers must send (`Authorization: Bearer …`), from
+    /// any address; unset: only clients on this machine (loopback) may scrape.
+    pub token: Option<String>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self { enabled: true, token: None }
+    }
 }
 
 /// The node's own STUN/TURN server (UDP), on by default.
@@ -178,6 +198,10 @@ pub struct Timeouts {
     /// A WebSocket silent for this long is considered dead.
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
+    /// On SIGTERM, how long running calls may go on before the node ends
+    /// them and exits.
+    #[serde(with = "humantime_serde")]
+    pub shutdown: Duration,
 }
 
 /// Limits on sizes and rates.
@@ -225,6 +249,7 @@ impl Default for Config {
             limits: Limits::default(),
             mesh: dht::MeshConfig::default(),
             turn: TurnSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -243,6 +268,7 @@ impl Default for Timeouts {
             hello: Duration::from_secs(10),
             session: Duration::from_secs(30 * 24 * 3600),
             idle: Duration::from_secs(90),
+            shutdown: Duration::from_secs(20),
         }
     }
 }
@@ -352,6 +378,12 @@ impl Config {
         }
         self.mesh.validate()?;
         self.turn.validate()?;
+        if self.metrics.token.as_ref().is_some_and(|t| t.len() < 16 || t.len() > 256 || !t.is_ascii()) {
+            return Err(ConfigError::Invalid {
+                field: "metrics.token",
+                why: "must be 16 to 256 ASCII characters (or unset: loopback scrapers only)".into(),
+            });
+        }
         let t = &self.timeouts;
         if t.ring.is_zero() || t.hello.is_zero() || t.session.is_zero() || t.idle < Duration::from_secs(5) {
             return invalid("timeouts", "ring, hello and session must be positive, idle at least 5s");
@@ -367,7 +399,7 @@ impl Config {
     /// Every duration of the file with its upper bound. The bounds are far
     /// past any sensible value; they exist so that a deadline computed from
     /// a setting (`Instant::now() + ring`) can never overflow.
-    pub fn durations(&self) -> [(&'static str, Duration, Duration); 7] {
+    pub fn durations(&self) -> [(&'static str, Duration, Duration); 8] {
         const HOUR: Duration = Duration::from_secs(3600);
         let (t, l) = (&self.timeouts, &self.limits);
         [
@@ -376,6 +408,7 @@ impl Config {
             ("timeouts.hello", t.hello, HOUR),
             ("timeouts.session", t.session, 366 * 24 * HOUR),
             ("timeouts.idle", t.idle, HOUR),
+            ("timeouts.shutdown", t.shutdown, Duration::from_secs(600)),
             ("limits.login_window", l.login_window, 24 * HOUR),
             ("turn.credential_ttl", self.turn.credential_ttl, 30 * 24 * HOUR),
         ]
@@ -398,6 +431,10 @@ const DOCS: &[(&str, &str)] = &[
     ("timeouts.hello", "How long a new WebSocket has to authenticate."),
     ("timeouts.session", "How long a login session lasts."),
     ("timeouts.idle", "A WebSocket silent for this long is considered dead."),
+    (
+        "timeouts.shutdown",
+        "On SIGTERM, how long running calls may go on before the node ends them and exits (at most 10m).",
+    ),
     ("limits.max_frame_bytes", "Largest WebSocket frame accepted, in bytes."),
     ("limits.max_sdp_bytes", "Largest SDP in a signal, in bytes."),
     ("limits.max_chat_bytes", "Largest in-call chat line or ICE candidate, in bytes."),
@@ -441,6 +478,11 @@ const DOCS: &[(&str, &str)] = &[
     ),
     ("mesh.new_zones_per_address_per_hour", "The same per source IP address, for peers that change keys."),
     ("mesh.max_peers_per_prefix", "Peers from one /24 (IPv6: /48) one bucket of the routing table may hold."),
+    ("metrics.enabled", "Serve /metrics in the Prometheus text format."),
+    (
+        "metrics.token",
+        "Bearer token a scraper must send, from any address. Unset: only scrapers on this machine (loopback).",
+    ),
     ("turn.enabled", "Serve STUN and TURN, so browsers can always reach each other (relayed if need be)."),
     ("turn.listen", "UDP address and port for STUN and TURN (3478 is the standard port)."),
     ("turn.public_host", "Host name or IP in the ICE server URLs. Unset: the host browsers use to reach this node."),

@@ -30,6 +30,7 @@ pub mod api;
 pub mod config;
 pub mod identity;
 pub mod media;
+pub mod metrics;
 pub mod pii;
 pub mod server;
 pub mod services;

@@ -122,6 +122,7 @@ impl Server {
         } else {
             None
         };
+        let metrics = crate::metrics::Metrics::default();
         let calls = Calls::spawn(
             store.clone(),
             mesh.as_ref().map(|(m, _)| m.clone()),
@@ -129,6 +130,7 @@ impl Server {
             config.timeouts.grace,
             config.limits.max_devices_per_user,
             config.limits.max_history_per_user,
+            metrics.clone(),
         );
         let listener = std::net::TcpListener::bind(config.http.listen)
             .map_err(io(format!("listening on {}", config.http.listen)))?;
@@ -157,6 +159,7 @@ impl Server {
             accounts,
             store,
             calls,
+            metrics,
         });
         if let Some(inbound) = inbound {
             inbound.spawn(state.clone());
@@ -169,9 +172,12 @@ impl Server {
         self.addr
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, gives open
-    /// connections a moment to finish, flushes the database and removes
-    /// `node.json`.
+    /// Serves until `shutdown` completes; then refuses new calls, tells
+    /// every device, lets running calls go on for `timeouts.shutdown` and
+    /// ends the rest (their history written, the other nodes told), stops
+    /// accepting, gives open connections a moment to finish, stops TURN
+    /// and the mesh, flushes the database and removes `node.json`. The
+    /// whole takes at most `timeouts.shutdown` plus about ten seconds.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
         let data: PathBuf = self.state.config.data_dir.clone();
         let mut mesh_addrs = Vec::new();
@@ -210,15 +216,24 @@ impl Server {
         let json = serde_json::to_vec_pretty(&info).unwrap_or_default();
         std::fs::write(&run_file, json).map_err(io(format!("writing {}", run_file.display())))?;
         let shutdown_handle = handle.clone();
+        let state = self.state.clone();
         tokio::spawn(async move {
             shutdown.await;
-            info!("shutting down");
+            let grace = state.config.timeouts.shutdown;
+            info!(grace_s = grace.as_secs_f64(), "shutting down: no new calls; running calls may go on");
+            // Devices are told and calls wound down (history written,
+            // other nodes told) before the sockets go.
+            state.calls.shutdown(grace).await;
+            info!("calls ended; closing connections");
             shutdown_handle.graceful_shutdown(Some(Duration::from_secs(3)));
         });
         let served = server.await;
         admin_task.abort();
         if let Some(turn) = &self.state.turn {
             turn.shutdown().await;
+        }
+        if let Some(mesh) = &self.state.mesh {
+            mesh.stop().await;
         }
         let _ = std::fs::remove_file(&run_file);
         let _ = std::fs::remove_file(data.join("admin.sock"));

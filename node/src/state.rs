@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::media::turn::Turn;
+use crate::metrics::Metrics;
 use crate::services::accounts::Accounts;
 use crate::services::calls::Calls;
 use crate::store::Store;
@@ -32,4 +33,6 @@ pub struct AppState {
     pub turn: Option<Turn>,
     /// Numbers sockets.
     pub next_conn: AtomicU64,
+    /// Figures counted as they happen, for `/metrics`.
+    pub metrics: Metrics,
 }

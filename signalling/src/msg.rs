@@ -232,6 +232,13 @@ pub enum NodeToClient {
         /// The notice.
         notice: Notice,
     },
+    /// Event to every device: the node is shutting down. Calls still
+    /// running end within `within_ms`, then the socket closes (1001); no
+    /// new call can be placed meanwhile. Reconnect later.
+    GoingAway {
+        /// The longest the node waits for running calls, in ms.
+        within_ms: u64,
+    },
 }
 
 /// Node to node: call signalling carried over the mesh between the
@@ -371,6 +378,8 @@ pub enum ErrorCode {
     NotFound,
     /// Something failed inside the node; the request may be retried.
     Internal,
+    /// The node is shutting down: no new calls or connections.
+    ShuttingDown,
 }
 
 /// A missed-call notice, kept on the callee's home node until read.

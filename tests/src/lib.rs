@@ -29,6 +29,8 @@
 //!   [`Device`] ([`Device::call`], [`Device::accept`],
 //!   [`Device::expect_incoming`], [`Device::expect_ended`], …), and
 //!   [`connect_call`] to set up a call between two devices.
+//! - [`rogue`]: a rogue mesh node of the test's own key, and the forged
+//!   records it offers.
 //! - Here: the bounds ([`WAIT`], [`START_WAIT`], [`STOP_WAIT`]), the test
 //!   [`PASSWORD`], the media sets [`AUDIO`] and [`AUDIO_VIDEO`], and small
 //!   utilities ([`init_crypto`], [`now_ms`], [`unique`]).
@@ -61,6 +63,7 @@ pub mod calls;
 pub mod device;
 pub mod http;
 pub mod node;
+pub mod rogue;
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -147,10 +147,12 @@ impl Node {
         // The mesh stays on loopback, on a free port, without mDNS
         // multicast, unless the test says otherwise.
         cmd.env("XARXA_MESH__LISTEN", "[\"/ip4/127.0.0.1/tcp/0\"]").env("XARXA_MESH__MDNS", "false");
-        // Likewise the TURN server: loopback, a free port.
+        // Likewise STUN/TURN (on by default, on UDP 3478 otherwise):
+        // loopback, a free port.
         cmd.env("XARXA_TURN__LISTEN", "127.0.0.1:0");
-        // So does STUN/TURN (on by default, on UDP 3478 otherwise).
-        cmd.env("XARXA_TURN__LISTEN", "127.0.0.1:0");
+        // A SIGTERM lets running calls go on for 2 s (not the default 20),
+        // well within STOP_WAIT.
+        cmd.env("XARXA_TIMEOUTS__SHUTDOWN", "2s");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -205,6 +207,12 @@ impl Node {
             stop_watchdog(r.watchdog.take());
         }
         Ok(status)
+    }
+
+    /// The exit status once the process has exited by itself (it is then
+    /// reaped), `None` while it runs.
+    pub fn exit_status(&self) -> Result<Option<std::process::ExitStatus>> {
+        self.try_wait()
     }
 
     /// Whether the node process is still running.

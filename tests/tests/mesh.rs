@@ -8,12 +8,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use dht::record::{node_hex, user_key, UserRecord, ZoneClaim};
-use dht::{ClaimState, Mesh, MeshConfig, MeshRecord, RouteError};
-use ed25519_dalek::SigningKey;
+use dht::record::user_key;
+use dht::{MeshRecord, RouteError};
 use serde_json::Value;
 use signalling::service::{CallService, Refusal};
-use signalling::{Address, CallId, EndReason, HistoryKind, NodeToClient, NodeToNode, Outcome, Signal, ZoneName};
+use signalling::{Address, CallId, EndReason, HistoryKind, NodeToClient, NodeToNode, Outcome, Signal};
+use xarxa_tests::rogue::{forged_claim, forged_user, rogue_mesh};
 use xarxa_tests::{xarxa_bin, Device, Node, User, AUDIO, WAIT};
 
 /// Settings every mesh node in these tests runs with.
@@ -251,45 +251,14 @@ async fn rogue_records_are_refused_and_calls_reach_the_real_user() -> Result<()>
     full_call((&n2, &alice, &mut ad), (&n1, &bob, &mut bd)).await?;
 
     // The rogue: same crates, its own key, wants zone r1 and bob.
-    let dir = tempfile::tempdir()?;
-    let tree = sled::open(dir.path())?.open_tree("mesh")?;
-    let rogue_key = SigningKey::from_bytes(&[0x66; 32]);
-    let config = MeshConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-        bootstrap: n0.info().mesh.iter().map(|a| a.parse()).collect::<Result<_, _>>()?,
-        mdns: false,
-        ..MeshConfig::default()
-    };
-    let rogue = Mesh::start(rogue_key.clone(), tree, ZoneName::parse("r1")?, config).await?;
+    let (rogue, rogue_key, _dir) = rogue_mesh(0x66, "r1", &n0).await?;
     let bob_addr = Address::parse(&bob.address)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !matches!(rogue.status().await.claim, ClaimState::Taken { .. }) {
-        assert!(tokio::time::Instant::now() < deadline, "the rogue never saw the zone taken");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
-    let forged_claim = ZoneClaim {
-        zone: ZoneName::parse("r1")?,
-        node: node_hex(&rogue_key),
-        addrs: vec![],
-        seq: now + 10_000_000,
-        issued_at_ms: now,
-        expires_at_ms: now + 3_600_000,
-        first_claimed_at_ms: None,
-    }
-    .sign(&rogue_key);
+    let forged_claim = forged_claim(&rogue_key, "r1")?;
     // (a) claim the taken zone.
     let _ = rogue.put_raw(&MeshRecord::Zone(forged_claim.clone())).await;
     // (b) a record for bob@r1 pointing at the rogue.
-    let planted = UserRecord {
-        user: bob_addr.clone(),
-        node: node_hex(&rogue_key),
-        addrs: vec![],
-        seq: now + 10_000_000,
-        issued_at_ms: now,
-        expires_at_ms: now + 3_600_000,
-    }
-    .sign(&rogue_key, forged_claim);
+    let planted = forged_user(&rogue_key, &bob_addr, forged_claim);
     let _ = rogue.put_raw(&MeshRecord::User(planted)).await;
     // (c) replay bob's real record once a newer one is out.
     let old =

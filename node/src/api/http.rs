@@ -47,6 +47,9 @@ pub enum ApiError {
     /// The node is at its limit of connections.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Not for this client, whoever it is.
+    #[error("{0}")]
+    Forbidden(&'static str),
 }
 
 impl ApiError {
@@ -66,6 +69,7 @@ impl ApiError {
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Account(_) | Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -151,6 +155,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/pkg/xarxa_client.js", get(crate::api::web::js))
         .route("/pkg/xarxa_client_bg.wasm", get(crate::api::web::wasm))
         .route("/health", get(health))
+        .route("/metrics", get(crate::api::metrics::metrics))
         .route("/api/v1/register", post(register))
         .route("/api/v1/login", post(login))
         .route("/api/v1/logout", post(logout))

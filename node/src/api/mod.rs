@@ -7,6 +7,7 @@
 //!   API errors.
 //! - [`ws`]: the signalling WebSocket, one per device.
 //! - [`web`]: the embedded web client.
+//! - [`metrics`]: `/metrics` for Prometheus.
 //! - [`admin`]: the admin Unix socket (`xarxa user …`, `xarxa status`), and
 //!   the same operations run by the CLI on the database when no node runs.
 //! - [`federation`]: the edge toward other nodes: checks inbound mesh
@@ -19,5 +20,6 @@
 pub mod admin;
 pub mod federation;
 pub mod http;
+pub mod metrics;
 pub mod web;
 pub mod ws;

@@ -264,9 +264,13 @@ impl Connection {
             Ok(Err(code)) => {
                 let m = match code {
                     ErrorCode::TooManyDevices => "too many devices connected for this user",
+                    ErrorCode::ShuttingDown => "the node is shutting down; reconnect later",
                     _ => "that device cannot be resumed; send hello without resume",
                 };
                 let _ = tx.send(reply_err(id, code, m)).await;
+                if code == ErrorCode::ShuttingDown {
+                    return Flow::Close;
+                }
                 Flow::Continue
             }
             Err(_) => {

@@ -161,6 +161,11 @@ impl Store {
         Ok(self.db.generate_id()?)
     }
 
+    /// The database's size on disk, in bytes.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
     /// Counts of records, for status output.
     pub fn counts(&self) -> (usize, usize) {
         (self.users.len(), self.sessions.len())

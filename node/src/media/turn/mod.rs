@@ -42,6 +42,7 @@ pub mod wire;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -147,6 +148,19 @@ impl Settings {
             credential_ttl: t.credential_ttl,
         })
     }
+}
+
+/// What [`Turn::stats`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TurnStats {
+    /// Allocations live now.
+    pub allocations: usize,
+    /// Allocations granted since start.
+    pub allocated: u64,
+    /// Payload bytes relayed from clients to peers since start.
+    pub bytes_to_peers: u64,
+    /// Payload bytes relayed from peers to clients since start.
+    pub bytes_to_clients: u64,
 }
 
 /// The running STUN/TURN server.
@@ -257,6 +271,17 @@ impl Turn {
     /// The service ports currently refused.
     pub fn service_ports(&self) -> HashSet<u16> {
         self.host.service.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Allocations and relayed bytes, for `/metrics`.
+    pub fn stats(&self) -> TurnStats {
+        let c = &self.shared.counters;
+        TurnStats {
+            allocations: self.shared.allocations(),
+            allocated: c.allocated.load(Ordering::Relaxed),
+            bytes_to_peers: c.to_peers.load(Ordering::Relaxed),
+            bytes_to_clients: c.to_clients.load(Ordering::Relaxed),
+        }
     }
 
     /// Stops serving and frees every allocation; waits for the threads.

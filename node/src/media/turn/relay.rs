@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -155,17 +156,40 @@ struct Quota {
     total: usize,
 }
 
+/// Counters of the whole server, for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Allocations granted since start.
+    pub(crate) allocated: AtomicU64,
+    /// Payload bytes relayed from clients to peers.
+    pub(crate) to_peers: AtomicU64,
+    /// Payload bytes relayed from peers to clients.
+    pub(crate) to_clients: AtomicU64,
+}
+
 /// What every thread of the server shares.
 pub(crate) struct Shared {
     settings: Settings,
     host: Arc<HostPorts>,
     nonces: Nonces,
     quota: Mutex<Quota>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl Shared {
     pub(crate) fn new(settings: Settings, host: Arc<HostPorts>) -> Self {
-        Self { settings, host, nonces: Nonces::new(NONCE_LIFETIME), quota: Mutex::new(Quota::default()) }
+        Self {
+            settings,
+            host,
+            nonces: Nonces::new(NONCE_LIFETIME),
+            quota: Mutex::new(Quota::default()),
+            counters: Arc::default(),
+        }
+    }
+
+    /// Live allocations.
+    pub(crate) fn allocations(&self) -> usize {
+        lock(&self.quota).total
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -186,6 +210,7 @@ impl Shared {
         }
         q.total += 1;
         *q.per_user.entry(user.to_owned()).or_insert(0) += 1;
+        self.counters.allocated.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -509,6 +534,7 @@ impl Listener {
                 client: from,
                 peers: peers.clone(),
                 host: self.host.clone(),
+                counters: self.shared.counters.clone(),
             }
             .run(),
         )
@@ -760,6 +786,7 @@ impl Listener {
             self.flush_data();
             self.pending = Some((client, peer));
         }
+        self.shared.counters.to_peers.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.outbox.push(|b| b.extend_from_slice(data));
     }
 
@@ -783,6 +810,7 @@ struct PeerToClient {
     client: SocketAddr,
     peers: Arc<Mutex<Peers>>,
     host: Arc<HostPorts>,
+    counters: Arc<Counters>,
 }
 
 impl PeerToClient {
@@ -821,6 +849,7 @@ impl PeerToClient {
         let now = Instant::now();
         let max = self.socket.max_segments();
         let mut peers = lock(&self.peers);
+        let mut relayed = 0;
         for (from, _, data) in rx.datagrams(n) {
             let from = SocketAddr::new(canonical(from.ip()), from.port());
             if data.len() > MAX_PEER_DATAGRAM {
@@ -839,6 +868,7 @@ impl PeerToClient {
                 Some(_) => wire::CHANNEL_HEADER + data.len(),
                 None => wire::data_indication_len(from, data.len()),
             };
+            relayed += data.len() as u64;
             if !outbox.fits(len, max) {
                 outbox.flush(&self.socket, self.client);
             }
@@ -853,6 +883,7 @@ impl PeerToClient {
             }
         }
         drop(peers);
+        self.counters.to_clients.fetch_add(relayed, Ordering::Relaxed);
         outbox.flush(&self.socket, self.client);
     }
 }

@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use remote::{deliver, RemoteLeg, REMOTE_QUEUE};
 
+use crate::metrics::Metrics;
 use crate::pii::Pii;
 use crate::services::accounts::now_ms;
 use crate::store::Store;
@@ -154,6 +155,16 @@ pub enum Command {
         /// Where to send them.
         reply: oneshot::Sender<Stats>,
     },
+    /// The node is stopping: refuse new calls and connections, tell every
+    /// device, let running calls end within `grace`, then end the rest,
+    /// write their history, close every socket and hand the last messages
+    /// to other nodes. `done` fires when all that is durable and sent.
+    Shutdown {
+        /// How long running calls may go on.
+        grace: Duration,
+        /// Told when the service has wound down.
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A cheap handle to the calls service.
@@ -185,7 +196,19 @@ struct Actor {
     /// Calls that cross nodes: the other node (once known) and the queue
     /// of messages for it.
     remote: HashMap<CallId, RemoteLeg>,
+    /// Calls placed here that do not ring yet, and when they were placed
+    /// (an entry goes when the call rings or ends).
+    dialed: HashMap<CallId, Time>,
+    metrics: Metrics,
+    /// The tasks carrying calls' messages to other nodes.
+    deliveries: tokio::task::JoinSet<()>,
+    /// Set once shutting down: until when running calls may go on, and
+    /// whom to tell when done.
+    closing: Option<(Instant, oneshot::Sender<()>)>,
 }
+
+/// How long a shutdown waits for the last messages to other nodes.
+const LAST_DELIVERIES: Duration = Duration::from_secs(5);
 
 /// A fresh random id: 16 random bytes in hex, with a prefix.
 pub fn random_id(prefix: &str) -> String {
@@ -203,6 +226,7 @@ impl Calls {
         grace: Duration,
         max_devices: usize,
         max_history: usize,
+        metrics: Metrics,
     ) -> Self {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let actor = Actor {
@@ -221,6 +245,10 @@ impl Calls {
             mesh,
             me: tx.clone(),
             remote: HashMap::new(),
+            dialed: HashMap::new(),
+            metrics,
+            deliveries: tokio::task::JoinSet::new(),
+            closing: None,
         };
         tokio::spawn(actor.run(rx));
         Self { tx }
@@ -231,6 +259,14 @@ impl Calls {
         if self.tx.send(cmd).await.is_err() {
             warn!("calls service is gone");
         }
+    }
+
+    /// Winds the service down for a node shutdown (see
+    /// [`Command::Shutdown`]); returns once it has, or if it is gone.
+    pub async fn shutdown(&self, grace: Duration) {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Shutdown { grace, done }).await;
+        let _ = rx.await;
     }
 
     /// Current counts.
@@ -250,7 +286,10 @@ impl Actor {
         let mut batch = Vec::with_capacity(256);
         let mut sweep = tokio::time::interval(Duration::from_secs(30));
         loop {
-            let wake = self.sb.poll_timeout().map(|t| self.epoch + Duration::from_millis(t.0));
+            let mut wake = self.sb.poll_timeout().map(|t| self.epoch + Duration::from_millis(t.0));
+            if let Some((until, _)) = &self.closing {
+                wake = Some(wake.map_or(*until, |w| w.min(*until)));
+            }
             tokio::select! {
                 n = rx.recv_many(&mut batch, 256) => {
                     if n == 0 {
@@ -269,8 +308,44 @@ impl Actor {
                 _ = sweep.tick() => self.expire_sessions(),
             }
             self.commit().await;
+            while self.deliveries.try_join_next().is_some() {}
+            if self.closing.as_ref().is_some_and(|(until, _)| {
+                let s = self.sb.stats();
+                s.ringing + s.connected == 0 || Instant::now() >= *until
+            }) {
+                self.wind_down().await;
+                break;
+            }
         }
         debug!("calls service stopped");
+    }
+
+    /// The end of a shutdown: ends every call still running (as if each
+    /// device had gone, so history and notices are written and the other
+    /// nodes told), closes every socket, and waits (bounded) for the
+    /// messages to other nodes to go out.
+    async fn wind_down(&mut self) {
+        let sockets: Vec<mpsc::Sender<Outgoing>> = self.conns.values().filter_map(|c| c.tx.clone()).collect();
+        let devices: Vec<DeviceId> = self.conns.keys().cloned().collect();
+        for device in devices {
+            // One at a time, delivering as it goes: the other party of a
+            // call hears it ended before its own socket closes.
+            let now = self.now();
+            self.sb.handle_input(now, Input::DeviceGone { device });
+            self.drain();
+            self.commit().await;
+        }
+        for tx in sockets {
+            let _ = tx.try_send(Outgoing::Close(1001, "node shutting down"));
+        }
+        // Every call's queue to another node goes with its call; each
+        // task ends once it has sent what it holds.
+        self.remote.clear();
+        let _ =
+            tokio::time::timeout(LAST_DELIVERIES, async { while self.deliveries.join_next().await.is_some() {} }).await;
+        if let Some((_, done)) = self.closing.take() {
+            let _ = done.send(());
+        }
     }
 
     /// Makes this turn's writes durable, then delivers its frames.
@@ -319,12 +394,20 @@ impl Actor {
     }
 
     fn queue(&mut self, device: &DeviceId, msg: &NodeToClient) {
+        if let NodeToClient::Ringing { call } = msg {
+            if let Some(placed) = self.dialed.remove(call) {
+                self.metrics.call_set_up(Duration::from_millis(self.now().since(placed)));
+            }
+        }
         self.pending.push((device.clone(), Outgoing::Text(msg.to_json())));
     }
 
     fn command(&mut self, cmd: Command) {
         let now = self.now();
         match cmd {
+            Command::Connect { reply, .. } if self.closing.is_some() => {
+                let _ = reply.send(Err(ErrorCode::ShuttingDown));
+            }
             Command::Connect { hello, user, session, expires_at_ms, resume, conn, tx, reply } => {
                 let result = self.connect(now, hello, user, session, expires_at_ms, resume, conn, tx);
                 let _ = reply.send(result);
@@ -337,9 +420,16 @@ impl Actor {
                 c.tx = None;
                 self.sb.handle_input(now, Input::DeviceLost { device });
             }
+            Command::Dial { device, id, .. } if self.closing.is_some() => {
+                self.queue(
+                    &device,
+                    &NodeToClient::error(Some(id), ErrorCode::ShuttingDown, "the node is shutting down"),
+                );
+            }
             Command::Dial { device, id, to, route, media } => {
                 let call = CallId(random_id(""));
                 info!(call = %call.0, to = %Pii(&to), "dial");
+                self.dialed.insert(call.clone(), now);
                 self.sb.handle_input(now, Input::Dial { device, id, call, callee: to, route, media });
             }
             Command::Request { device, msg } => self.sb.handle_input(now, Input::Request { device, msg }),
@@ -357,6 +447,19 @@ impl Actor {
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.sb.stats());
+            }
+            Command::Shutdown { grace, done } => {
+                info!(grace_ms = grace.as_millis() as u64, "calls: shutting down");
+                let within_ms = grace.as_millis() as u64;
+                let online: Vec<DeviceId> =
+                    self.conns.iter().filter(|(_, c)| c.tx.is_some()).map(|(d, _)| d.clone()).collect();
+                for d in online {
+                    self.queue(&d, &NodeToClient::GoingAway { within_ms });
+                }
+                self.closing = Some((Instant::now() + grace, done));
+            }
+            Command::Invited { reply, .. } if self.closing.is_some() => {
+                tokio::spawn(reply.refuse("the node is shutting down"));
             }
             Command::Invited { peer, call, from, to, media, refused, reply } => {
                 if !self.remote.contains_key(&call) {
@@ -459,6 +562,8 @@ impl Actor {
                 Output::Send { to, msg } => self.queue(&to, &msg),
                 Output::CallFinished(record) => {
                     self.remote.remove(&record.call);
+                    self.dialed.remove(&record.call);
+                    self.metrics.call_finished(record.outcome());
                     self.record(&record);
                 }
                 Output::ToNode { peer, msg } => self.send_node(peer, msg),
@@ -490,7 +595,7 @@ impl Actor {
         let queue = leg.queue.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
             let ends = remote::Ends { peer: leg.peer, local: leg.local.clone(), remote: peer_user };
-            tokio::spawn(deliver(mesh, ends, call.clone(), rx, self.me.clone()));
+            self.deliveries.spawn(deliver(mesh, ends, call.clone(), rx, self.me.clone()));
             tx
         });
         if queue.try_send(msg).is_err() {
