@@ -24,9 +24,9 @@ use crate::media::turn::TurnStats;
 /// The content type of what [`encode`] writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// One label, `name="value"`.
+/// A call's outcome, `outcome="…"`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Label {
+struct OutcomeLabel {
     outcome: String,
 }
 
@@ -39,7 +39,7 @@ struct Cause {
 /// Counted as it happens, by the calls service.
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    calls: Family<Label, Counter>,
+    calls: Family<OutcomeLabel, Counter>,
     setup: Histogram,
 }
 
@@ -55,7 +55,7 @@ impl Metrics {
     /// A call ended, with this outcome (as its history entry says).
     pub fn call_finished(&self, outcome: Outcome) {
         let outcome = serde_json::to_value(outcome).ok().and_then(|v| v.as_str().map(str::to_owned));
-        self.calls.get_or_create(&Label { outcome: outcome.unwrap_or_else(|| "unknown".into()) }).inc();
+        self.calls.get_or_create(&OutcomeLabel { outcome: outcome.unwrap_or_else(|| "unknown".into()) }).inc();
     }
 
     /// A call rang `took` after the caller asked for it.
@@ -95,8 +95,8 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     registry.register(name, help, c);
 }
 
-/// A counter family over `label`, from a serialised map of counts (a
-/// struct of counters, or a map keyed by a cause).
+/// A counter family labelled by `cause`, from a serialised map of counts
+/// (a struct of counters, or a map keyed by a cause).
 fn counters_by<T: serde::Serialize>(registry: &mut Registry, name: &str, help: &str, counts: &T) {
     let family = Family::<Cause, Counter>::default();
     if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(counts) {

@@ -36,7 +36,8 @@ fn allowed(s: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Ap
             }
             Ok(())
         }
-        None if peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback() => Ok(()),
+        // `to_canonical`: an IPv4 client on a dual-stack socket is ::ffff:a.b.c.d.
+        None if peer.ip().to_canonical().is_loopback() => Ok(()),
         None => Err(ApiError::Forbidden("metrics are served to this machine only (set metrics.token)")),
     }
 }
