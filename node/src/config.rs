@@ -357,6 +357,24 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.zone_name()?;
         let invalid = |field, why: &str| Err(ConfigError::Invalid { field, why: why.into() });
+        // Text with control characters (a newline in a path, say) has no
+        // sensible meaning here, and would make `example_toml` write a
+        // multi-line string whose lines it then reads as keys (found by
+        // the `config` fuzz target).
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let texts = [
+            ("data_dir", Some(path(&self.data_dir))),
+            ("tls.cert", self.tls.cert.as_deref().map(path)),
+            ("tls.key", self.tls.key.as_deref().map(path)),
+            ("turn.realm", self.turn.realm.clone()),
+            ("turn.secret", self.turn.secret.clone()),
+            ("metrics.token", self.metrics.token.clone()),
+        ];
+        for (field, text) in texts {
+            if text.is_some_and(|t| t.chars().any(char::is_control)) {
+                return Err(ConfigError::Invalid { field, why: "must not contain control characters".into() });
+            }
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls", "set both cert and key, or neither");
         }
@@ -569,6 +587,13 @@ mod tests {
     fn validation_rejects_nonsense() {
         let c = Config { zone: "Not A Zone!".into(), ..Config::default() };
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "zone", .. })));
+        // The config target's find: a path with lines in it, one of them
+        // looking like a section, came back from the example changed.
+        let c = Config { data_dir: "x\n[tls]\ncert = \"y\"\n".into(), ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "data_dir", .. })));
+        let mut c = Config::default();
+        c.turn.secret = Some("0123456789abcdef\n".into());
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "turn.secret", .. })));
         let mut c = Config::default();
         c.limits.max_sdp_bytes = c.limits.max_frame_bytes + 1;
         assert!(c.validate().is_err());
