@@ -136,14 +136,14 @@ impl FromRequestParts<Arc<AppState>> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(AccountError::InvalidToken)?;
-        Ok(Auth(state.accounts.authenticate(token.trim())?))
+        let token = bearer(&parts.headers).ok_or(AccountError::InvalidToken)?;
+        Ok(Auth(state.accounts.authenticate(token)?))
     }
+}
+
+/// The token of `Authorization: Bearer <token>`, trimmed, if sent.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// Every route of the node.

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use sha2::{Digest, Sha256};
 
-use crate::api::http::ApiError;
+use crate::api::http::{bearer, ApiError};
 use crate::metrics::{encode, Snapshot, CONTENT_TYPE as OPENMETRICS};
 use crate::services::accounts::AccountError;
 use crate::state::AppState;
@@ -26,12 +26,8 @@ fn allowed(s: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Ap
     }
     match &m.token {
         Some(token) => {
-            let sent = headers
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or(AccountError::InvalidToken)?;
-            if Sha256::digest(sent.trim()) != Sha256::digest(token) {
+            let sent = bearer(headers).ok_or(AccountError::InvalidToken)?;
+            if Sha256::digest(sent) != Sha256::digest(token) {
                 return Err(AccountError::InvalidToken.into());
             }
             Ok(())
