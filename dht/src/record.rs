@@ -36,6 +36,7 @@ const ZONE_TAG: &[u8] = b"xarxa/zone-claim/v1\0";
 /// Claims that carry `first_claimed_at_ms` (the second format).
 const ZONE_TAG_V2: &[u8] = b"xarxa/zone-claim/v2\0";
 const USER_TAG: &[u8] = b"xarxa/user-record/v1\0";
+const HANDOVER_TAG: &[u8] = b"xarxa/zone-handover/v1\0";
 
 /// The body of a zone claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +59,59 @@ pub struct ZoneClaim {
     /// first format, which are signed under their own tag and still read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_claimed_at_ms: Option<u64>,
+    /// The hand-over by which this key took the zone from the key that
+    /// held it (zone key rotation), carried by every claim of the new key.
+    /// Signed inside the claim, so it cannot be stripped or swapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<SignedZoneHandover>,
+}
+
+/// A zone's hand-over from one node key to another: what a volunteer who
+/// moves to a new machine (or replaces a key) signs with the old key. Nodes
+/// that hold the old key's claim accept the new key's claim carrying it,
+/// and from then on refuse the old key's claims ([`RecordError::KeyRetired`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneHandover {
+    /// The zone.
+    pub zone: ZoneName,
+    /// The key giving the zone up (hex).
+    pub from: String,
+    /// The key taking it (hex).
+    pub to: String,
+    /// When the zone was first claimed (by `from`, or before it): the new
+    /// key's claims keep it, so the zone's age survives the move.
+    pub first_claimed_at_ms: u64,
+    /// When signed, ms since the Unix epoch.
+    pub issued_at_ms: u64,
+}
+
+/// A hand-over with the old key's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedZoneHandover {
+    /// The hand-over.
+    pub handover: ZoneHandover,
+    /// ed25519 signature by `handover.from`, hex.
+    pub sig: String,
+}
+
+impl ZoneHandover {
+    /// Signs this hand-over with `key` (which must be `self.from`'s key).
+    pub fn sign(self, key: &SigningKey) -> SignedZoneHandover {
+        let sig = sign(key, HANDOVER_TAG, &self);
+        SignedZoneHandover { handover: self, sig }
+    }
+}
+
+impl SignedZoneHandover {
+    /// Checks the signature and that it names two keys.
+    pub fn verify(&self) -> Result<(), RecordError> {
+        verify(&self.handover.from, HANDOVER_TAG, &self.handover, &self.sig)?;
+        hex_decode(&self.handover.to).filter(|k| k.len() == 32).ok_or(RecordError::BadSignature)?;
+        if self.handover.from == self.handover.to {
+            return Err(RecordError::Malformed("a hand-over to the same key".into()));
+        }
+        Ok(())
+    }
 }
 
 /// A zone claim with its signature.
@@ -152,6 +206,9 @@ pub enum RecordError {
     /// more new names than its share.
     #[error("too many new zone names from one peer or address")]
     ClaimRateLimited,
+    /// A record by a key that handed its zone over to another key.
+    #[error("the key handed its zone over to another key")]
+    KeyRetired,
 }
 
 impl RecordError {
@@ -169,6 +226,7 @@ impl RecordError {
             Self::HistoryRewritten => "history_rewritten",
             Self::TooManyZones => "too_many_zones",
             Self::ClaimRateLimited => "claim_rate_limited",
+            Self::KeyRetired => "key_retired",
         }
     }
 }
@@ -196,6 +254,8 @@ pub struct Rejections {
     pub too_many_zones: AtomicU64,
     /// New names past a peer's or an address's share.
     pub claim_rate_limited: AtomicU64,
+    /// Records of keys that handed their zone over.
+    pub key_retired: AtomicU64,
 }
 
 /// A snapshot of [`Rejections`].
@@ -226,6 +286,9 @@ pub struct RejectionCounts {
     /// New zone names past a peer's or an address's share (squatting).
     #[serde(default)]
     pub claim_rate_limited: u64,
+    /// Records of keys that handed their zone over (key rotation).
+    #[serde(default)]
+    pub key_retired: u64,
 }
 
 impl Rejections {
@@ -242,6 +305,7 @@ impl Rejections {
             RecordError::HistoryRewritten => &self.history_rewritten,
             RecordError::TooManyZones => &self.too_many_zones,
             RecordError::ClaimRateLimited => &self.claim_rate_limited,
+            RecordError::KeyRetired => &self.key_retired,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -260,6 +324,7 @@ impl Rejections {
             history_rewritten: g(&self.history_rewritten),
             too_many_zones: g(&self.too_many_zones),
             claim_rate_limited: g(&self.claim_rate_limited),
+            key_retired: g(&self.key_retired),
         }
     }
 }
@@ -368,7 +433,22 @@ impl SignedZoneClaim {
         if self.claim.first_claimed() > self.claim.issued_at_ms {
             return Err(RecordError::HistoryRewritten);
         }
+        if let Some(h) = &self.claim.handover {
+            h.verify()?;
+            if h.handover.zone != self.claim.zone || h.handover.to != self.claim.node {
+                return Err(RecordError::Malformed("the hand-over is for another zone or key".into()));
+            }
+            if self.claim.first_claimed_at_ms != Some(h.handover.first_claimed_at_ms) {
+                return Err(RecordError::HistoryRewritten);
+            }
+        }
         Ok(())
+    }
+
+    /// The key this claim's key took the zone from, if it took it by a
+    /// hand-over.
+    pub fn handed_from(&self) -> Option<&str> {
+        self.claim.handover.as_ref().map(|h| h.handover.from.as_str())
     }
 }
 
@@ -485,9 +565,17 @@ pub fn validate(
         _ => None,
     }
     .filter(|c| c.claim.expires_at_ms > now_ms);
+    // The claim the offered record stands on: itself, or the one it carries.
+    let offered = match &rec {
+        MeshRecord::Zone(z) => z,
+        MeshRecord::User(u) => &u.claim,
+    };
     if let Some(h) = holder {
-        if h.claim.node != rec.node() {
+        // Another key holds the zone: refused, unless that key handed the
+        // zone to this one.
+        if h.claim.node != rec.node() && offered.handed_from() != Some(h.claim.node.as_str()) {
             return Err(match rec {
+                _ if h.handed_from() == Some(rec.node()) => RecordError::KeyRetired,
                 MeshRecord::Zone(_) => RecordError::ZoneTaken,
                 MeshRecord::User(_) => RecordError::WrongZoneKey,
             });
@@ -508,7 +596,11 @@ pub fn validate(
     if let (MeshRecord::User(u), Some(old)) = (&rec, existing) {
         // A live record of another node for this user stands unless the
         // offered record's claim is the one this node holds for the zone.
-        if old.expires_at_ms() > now_ms && old.node() != u.record.node && holder.is_none() {
+        if old.expires_at_ms() > now_ms
+            && old.node() != u.record.node
+            && holder.is_none()
+            && u.claim.handed_from() != Some(old.node())
+        {
             return Err(RecordError::WrongZoneKey);
         }
     }
@@ -534,6 +626,7 @@ mod tests {
             issued_at_ms: NOW,
             expires_at_ms: NOW + 3_600_000,
             first_claimed_at_ms: Some(NOW - 86_400_000),
+            handover: None,
         }
         .sign(k)
     }
@@ -572,6 +665,60 @@ mod tests {
         let mut lapsed = claim(&a, "sants", 3);
         lapsed.claim.expires_at_ms = NOW - 1;
         assert!(check(&taken, Some(&MeshRecord::Zone(lapsed)), None).is_ok());
+    }
+
+    /// `new`'s claim of `zone` under a hand-over from `old`, signed by `signer`.
+    fn handed(old: &SigningKey, new: &SigningKey, signer: &SigningKey, first: u64) -> SignedZoneClaim {
+        let h = ZoneHandover {
+            zone: ZoneName::parse("sants").expect("zone"),
+            from: node_hex(old),
+            to: node_hex(new),
+            first_claimed_at_ms: first,
+            issued_at_ms: NOW,
+        }
+        .sign(signer);
+        let mut c = claim(new, "sants", 1).claim;
+        c.first_claimed_at_ms = Some(first);
+        c.handover = Some(h);
+        c.sign(new)
+    }
+
+    #[test]
+    fn a_hand_over_moves_the_zone_and_retires_the_old_key() {
+        let (old, new, rogue) = (key(1), key(2), key(3));
+        let first = NOW - 86_400_000;
+        let held = MeshRecord::Zone(claim(&old, "sants", 5));
+        let moved = MeshRecord::Zone(handed(&old, &new, &old, first));
+        assert!(check(&moved, Some(&held), None).is_ok(), "the holder's hand-over is accepted");
+        assert!(check(&moved, None, None).is_ok());
+        let renewal = MeshRecord::Zone(claim(&old, "sants", 6));
+        assert_eq!(check(&renewal, Some(&moved), None), Err(RecordError::KeyRetired));
+        assert_eq!(RecordError::KeyRetired.cause(), "key_retired");
+        // User records: the new key's stand on the old key's claim; the old
+        // key's are refused where the new claim is held.
+        let MeshRecord::Zone(moved_claim) = &moved else { unreachable!() };
+        let MeshRecord::Zone(held_claim) = &held else { unreachable!() };
+        let new_user = MeshRecord::User(user(&new, "bob@sants", 1, moved_claim.clone()));
+        let old_user = MeshRecord::User(user(&old, "bob@sants", 9, held_claim.clone()));
+        assert!(check(&new_user, Some(&old_user), Some(held_claim)).is_ok());
+        assert!(check(&new_user, Some(&old_user), None).is_ok());
+        assert_eq!(check(&old_user, None, Some(moved_claim)), Err(RecordError::KeyRetired));
+
+        // A hand-over the holder did not sign, or from a key that does not
+        // hold the zone, takes nothing.
+        let forged = MeshRecord::Zone(handed(&old, &rogue, &rogue, first));
+        assert_eq!(check(&forged, Some(&held), None), Err(RecordError::BadSignature));
+        let from_rogue = MeshRecord::Zone(handed(&rogue, &new, &rogue, first));
+        assert_eq!(check(&from_rogue, Some(&held), None), Err(RecordError::ZoneTaken));
+        // The new claim keeps the zone's age as the hand-over states it.
+        let mut younger = handed(&old, &new, &old, first).claim;
+        younger.first_claimed_at_ms = Some(NOW - 1);
+        let younger = MeshRecord::Zone(younger.sign(&new));
+        assert_eq!(check(&younger, Some(&held), None), Err(RecordError::HistoryRewritten));
+        // Stripping the hand-over breaks the claim's signature.
+        let MeshRecord::Zone(mut stripped) = moved.clone() else { unreachable!() };
+        stripped.claim.handover = None;
+        assert_eq!(check(&MeshRecord::Zone(stripped), Some(&held), None), Err(RecordError::BadSignature));
     }
 
     #[test]

@@ -72,6 +72,7 @@ async fn a_flood_of_bad_records_is_counted_exactly_and_logged_briefly() {
             issued_at_ms: now,
             expires_at_ms: now + 3_600_000,
             first_claimed_at_ms: Some(now),
+            handover: None,
         }
         .sign(&rogue_key);
         let _ = rogue.put_raw(&MeshRecord::Zone(forged)).await;

@@ -154,6 +154,7 @@ fn claim_of(key: &SigningKey, zone: &str) -> MeshRecord {
             issued_at_ms: now,
             expires_at_ms: now + 3_600_000,
             first_claimed_at_ms: Some(now),
+            handover: None,
         }
         .sign(key),
     )

@@ -66,6 +66,7 @@ async fn publish_resolve_deliver_and_refuse_forgeries() {
         issued_at_ms: now,
         expires_at_ms: now + 3_600_000,
         first_claimed_at_ms: None,
+        handover: None,
     }
     .sign(&rogue_key);
     let _ = rogue.mesh.put_raw(&MeshRecord::Zone(claim.clone())).await;

@@ -532,13 +532,19 @@ pub fn example_toml(config: &Config) -> String {
     let mut out = String::from("# Xarxa zone node configuration. Every key is optional; shown are the defaults.\n");
     out.push_str("# Environment variables override it: XARXA_ZONE=gracia, XARXA_TIMEOUTS__RING=45s.\n\n");
     let mut section = String::new();
+    let mut seen_sections = vec![String::new()];
     let mut documented: Vec<&str> = Vec::new();
     for line in body.lines() {
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = format!("{name}.");
+            // Keys that serialise to nothing (unset options) are shown
+            // commented out at the end of their own table, so that
+            // uncommenting one puts it where it belongs.
+            out.push_str(&unset_keys(&section, &documented));
+            section = name.to_owned();
+            seen_sections.push(section.clone());
             out.push('\n');
         } else if let Some((key, _)) = line.split_once(" = ") {
-            let full = format!("{section}{}", key.trim());
+            let full = if section.is_empty() { key.trim().to_owned() } else { format!("{section}.{}", key.trim()) };
             if let Some((k, doc)) = DOCS.iter().find(|(k, _)| *k == full) {
                 documented.push(k);
                 out.push_str(&format!("# {doc}\n"));
@@ -547,9 +553,30 @@ pub fn example_toml(config: &Config) -> String {
         out.push_str(line);
         out.push('\n');
     }
-    // Keys that serialise to nothing (unset options) are shown commented out.
+    out.push_str(&unset_keys(&section, &documented));
+    // Tables with nothing set at all.
+    let mut absent: Vec<&str> = DOCS
+        .iter()
+        .filter_map(|(k, _)| k.rsplit_once('.').map(|(t, _)| t))
+        .filter(|t| !seen_sections.iter().any(|s| s == t))
+        .collect();
+    absent.dedup();
+    for table in absent {
+        out.push_str(&format!("\n# [{table}]"));
+        out.push_str(&unset_keys(table, &documented));
+    }
+    out
+}
+
+/// The documented keys of `table` ("" for the top level) not in
+/// `documented`, commented out, as `key = ""` relative to the table.
+fn unset_keys(table: &str, documented: &[&str]) -> String {
+    let mut out = String::new();
     for (k, doc) in DOCS.iter().filter(|(k, _)| !documented.contains(k)) {
-        out.push_str(&format!("\n# {doc}\n# {k} = \"\"\n"));
+        let (t, key) = k.rsplit_once('.').unwrap_or(("", k));
+        if t == table {
+            out.push_str(&format!("\n# {doc}\n# {key} = \"\"\n"));
+        }
     }
     out
 }
@@ -580,6 +607,28 @@ mod tests {
         }
         for k in keys {
             assert!(DOCS.iter().any(|(d, _)| *d == k), "{k} has no doc");
+        }
+    }
+
+    #[test]
+    fn an_unset_key_uncommented_lands_in_its_own_table() {
+        let text = example_toml(&Config::default());
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.ends_with(" = \"\"") || (rest.starts_with('[') && rest.ends_with(']')) => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let value: toml::Value = toml::from_str(&uncommented).expect("the uncommented example parses");
+        let set: toml::Value = toml::Value::try_from(Config::default()).expect("ser");
+        for (k, _) in DOCS {
+            let path: Vec<&str> = k.split('.').collect();
+            let find = |v: &toml::Value| path.iter().try_fold(v.clone(), |v, p| v.get(p).cloned());
+            if find(&set).is_none() {
+                assert_eq!(find(&value), Some(toml::Value::String(String::new())), "{k} uncommented is not at {k}");
+            }
         }
     }
 

@@ -15,7 +15,9 @@
 //!   configuration, the services, the database.
 //! - [`server`]: [`server::Server`] builds the state and serves the edges.
 //! - [`config`] (the one `Config`), [`identity`] (the node key), [`tls`]
-//!   (the certificate), [`pii`] (personal data redacted in logs).
+//!   (the certificate), [`pii`] (personal data redacted in logs),
+//!   [`handover`] (zone key rotation), [`metrics`] (`/metrics`), [`setup`]
+//!   and [`doctor`] (the commands of those names).
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), xarxa_node::server::ServerError> {
@@ -28,12 +30,15 @@
 
 pub mod api;
 pub mod config;
+pub mod doctor;
+pub mod handover;
 pub mod identity;
 pub mod media;
 pub mod metrics;
 pub mod pii;
 pub mod server;
 pub mod services;
+pub mod setup;
 pub mod state;
 pub mod store;
 pub mod tls;

@@ -47,6 +47,9 @@ pub enum ServerError {
     /// The STUN/TURN server.
     #[error(transparent)]
     Turn(#[from] crate::media::turn::TurnError),
+    /// A zone hand-over in the data directory.
+    #[error(transparent)]
+    Handover(#[from] crate::handover::HandoverError),
     /// A socket or file.
     #[error("{what}: {source}")]
     Io {
@@ -104,12 +107,20 @@ impl Server {
         let configured = config.tls.cert.as_deref().zip(config.tls.key.as_deref());
         let (cert, cert_key) = tls::ensure_cert(&data, configured, &config.zone)?;
         let tls = tls::server_config(&cert, &cert_key)?;
-        let store = Store::open(&data.join("db"))?;
+        let (store, migrated) = Store::open_migrating(&data.join("db"))?;
+        if let Some(m) = migrated {
+            tracing::warn!(from = m.from, to = m.to, backup = %m.backup.display(), "database migrated; a backup of the old one is beside it");
+        }
         let purged = store.purge_expired_sessions(crate::services::accounts::now_ms())?;
         let accounts = Accounts::new(store.clone(), &config)?;
         let mesh = if config.mesh.enabled {
-            let mesh =
-                dht::Mesh::start(key.clone(), store.mesh_tree()?, config.zone_name()?, config.mesh.clone()).await?;
+            let zone = config.zone_name()?;
+            let mut mesh_config = config.mesh.clone();
+            mesh_config.handover = crate::handover::at_start(&data, &zone, &node_id)?;
+            if let Some(h) = &mesh_config.handover {
+                tracing::info!(zone = %zone, from = %h.handover.from, "claiming the zone by a hand-over from its old key");
+            }
+            let mesh = dht::Mesh::start(key.clone(), store.mesh_tree()?, zone, mesh_config).await?;
             // Served before anything is published, so no request finds a
             // service missing.
             let inbound = crate::api::federation::Inbound::serve(&mesh)?;

@@ -63,6 +63,15 @@ pub fn ensure_cert(
             names.push(h.to_string());
         }
     }
+    // The machine's own addresses, so that people who reach the node by
+    // address (no DNS on most community networks) get a certificate that
+    // names it, once they have checked its fingerprint.
+    for ip in crate::setup::addresses(std::net::IpAddr::from([0u16; 8])) {
+        let ip = ip.to_string();
+        if names.len() < 32 && !names.contains(&ip) {
+            names.push(ip);
+        }
+    }
     let generated = rcgen::generate_simple_self_signed(names)?;
     crate::identity::write_private(&key, generated.key_pair.serialize_pem().as_bytes()).map_err(io(&key))?;
     std::fs::write(&cert, generated.cert.pem()).map_err(io(&cert))?;

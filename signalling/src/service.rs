@@ -201,6 +201,10 @@ impl Service for NodeService {
 pub enum NodeQuery {
     /// Are you there, and what is your clock?
     Ping,
+    /// Can you reach me? The answering node opens a new TCP connection to
+    /// each TCP address in the asking zone's claim (the signed addresses
+    /// the mesh holds, never addresses the request names): `xarxa doctor`.
+    DialBack,
 }
 
 /// An answer of the [`NodeService`].
@@ -216,6 +220,13 @@ pub enum NodeAnswer {
         version: String,
         /// Its wall clock when it answered (ms since the Unix epoch).
         wall_ms: u64,
+    },
+    /// The answer to [`NodeQuery::DialBack`].
+    DialedBack {
+        /// The claim's addresses a connection reached.
+        reached: Vec<String>,
+        /// Those it did not (refused or timed out).
+        unreachable: Vec<String>,
     },
 }
 

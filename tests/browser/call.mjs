@@ -1,7 +1,7 @@
 // Drives Debian's Chromium (playwright-core, no browser download) against
 // real xarxa nodes. Started by tests/tests/browser.rs, which starts the
 // nodes and passes the scenario as JSON in XARXA_BROWSER_TEST:
-//   { scenario: "call" | "tabs", caller: {url, name, password},
+//   { scenario: "call" | "tabs" | "login", caller: {url, name, password},
 //     callee: {url, name, password, address}, ice: "loopback" | "relay",
 //     artifacts: "/path/for/screenshots" }
 // Prints one JSON line of measurements and exits 0, or prints the failure
@@ -87,6 +87,13 @@ async function run() {
   mkdirSync(cfg.artifacts, { recursive: true });
   const a = await open(await browser(), cfg.caller);
   await login(a.page, cfg.caller);
+  if (cfg.scenario === 'login') {
+    // Only the login (the installed package's test): the home screen,
+    // online.
+    await a.page.screenshot({ path: `${cfg.artifacts}/home.png` });
+    console.log(JSON.stringify({ ok: true, loggedIn: true }));
+    return;
+  }
   const callee = await browser();
   const tabs = [];
   const first = await open(callee, cfg.callee);

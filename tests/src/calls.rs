@@ -106,6 +106,26 @@ impl Device {
         }
     }
 
+    /// Calls `to` again and again until it rings (the mesh may not know
+    /// the way yet: a new zone, a moved one), for at most `within`; the
+    /// call ringing.
+    pub async fn call_until_ringing(&mut self, to: &str, within: Duration) -> Result<CallId> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let call = self.call(to).await?;
+            let ev = self
+                .expect_event("ringing or ended", WAIT, |e| {
+                    matches!(e, NodeToClient::Ringing { call: c } | NodeToClient::Ended { call: c, .. } if *c == call)
+                })
+                .await?;
+            match ev {
+                NodeToClient::Ringing { .. } => return Ok(call),
+                _ if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(300)).await,
+                other => bail!("{}: calling {to}: {other:?}", self.label()),
+            }
+        }
+    }
+
     /// Expects `ringing` for `call`.
     pub async fn expect_ringing(&mut self, call: &CallId, timeout: Duration) -> Result<()> {
         let what = format!("ringing {}", call.0);

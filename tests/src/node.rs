@@ -94,6 +94,12 @@ impl Node {
     /// with the given extra environment variables, and waits (at most
     /// [`START_WAIT`]) until it has written `node.json`.
     pub fn start(zone: &str, env: &[(&str, &str)]) -> Result<Node> {
+        Self::start_with(zone, env, |_| Ok(()))
+    }
+
+    /// Like [`Node::start`], after `prepare` has been given the data
+    /// directory (not yet made) to fill: a restored backup, a fixture.
+    pub fn start_with(zone: &str, env: &[(&str, &str)], prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Node> {
         init_crypto();
         let root = tempfile::Builder::new().prefix("xarxa-test-").tempdir().context("making a temp dir")?;
         let data = root.path().join("data");
@@ -117,8 +123,35 @@ impl Node {
             cert_pem: Vec::new(),
             root,
         };
+        prepare(&node.data)?;
         node.spawn()?;
         Ok(node)
+    }
+
+    /// A handle on a node this harness did not start (an installed one, run
+    /// the way its systemd unit runs it): its zone, data directory (for its
+    /// `tls/cert.pem` and `node.json`) and HTTPS address. Requests, devices
+    /// and `cli` work; stopping is the starter's business.
+    pub fn attach(zone: &str, data: &Path, https: SocketAddr) -> Result<Node> {
+        init_crypto();
+        let info_path = data.join("node.json");
+        let info: NodeInfo = serde_json::from_str(
+            &fs::read_to_string(&info_path).with_context(|| format!("reading {}", info_path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", info_path.display()))?;
+        let cert = data.join("tls").join("cert.pem");
+        let root = tempfile::Builder::new().prefix("xarxa-attached-").tempdir().context("making a temp dir")?;
+        Ok(Node {
+            log: root.path().join("node.log"),
+            data: data.to_path_buf(),
+            zone: zone.to_owned(),
+            env: Vec::new(),
+            proc: Mutex::new(None),
+            addr: https,
+            info,
+            cert_pem: fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?,
+            root,
+        })
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -131,6 +164,8 @@ impl Node {
         let log2 = log.try_clone().context("cloning the log handle")?;
         let mut cmd = Command::new(&bin);
         cmd.arg("run")
+            .arg("--config")
+            .arg(empty_config(&self.data)?)
             .arg("--data")
             .arg(&self.data)
             .args(["--listen", "127.0.0.1:0", "--zone", &self.zone])
@@ -267,6 +302,13 @@ impl Node {
         Ok(graceful)
     }
 
+    /// Runs `xarxa ARGS --data DATA` (with `XARXA_ZONE` set to the node's
+    /// zone and no other `XARXA_*` variable): its exit status, stdout and
+    /// stderr.
+    pub fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        cli(&self.data, &self.zone, args)
+    }
+
     /// Starts the node again on the same data directory (after [`Node::stop`]
     /// or [`Node::kill9`]). The port changes.
     pub fn start_again(&mut self) -> Result<()> {
@@ -367,4 +409,39 @@ fn stop_watchdog(watchdog: Option<Child>) {
         let _ = w.kill();
         let _ = w.wait();
     }
+}
+
+/// Runs `xarxa ARGS --data DATA` with `XARXA_ZONE=ZONE` (and no other
+/// `XARXA_*` variable): an admin command, as a volunteer types it.
+pub fn cli(data: &Path, zone: &str, args: &[&str]) -> Result<std::process::Output> {
+    let mut cmd = Command::new(xarxa_bin()?);
+    cmd.args(args);
+    if !args.contains(&"--config") {
+        cmd.arg("--config").arg(empty_config(data)?);
+    }
+    cmd.arg("--data").arg(data);
+    cmd.env("XARXA_ZONE", zone).stdin(Stdio::null());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("XARXA_") && k != "XARXA_ZONE" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().with_context(|| format!("running xarxa {}", args.join(" ")))
+}
+
+/// The config file given as `--config` to every node and command, so that
+/// neither reads a config file of the machine's (the Debian package's
+/// `/etc/xarxa/config.toml`, which a test installs): `config.toml` beside
+/// `data` if the test wrote one (with `xarxa setup`, say), else an empty one.
+fn empty_config(data: &Path) -> Result<PathBuf> {
+    let root = data.parent().unwrap_or(data);
+    let written = root.join("config.toml");
+    if written.exists() {
+        return Ok(written);
+    }
+    let path = root.join("empty.toml");
+    if !path.exists() {
+        fs::write(&path, "").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(path)
 }

@@ -47,6 +47,7 @@ pub fn forged_claim(key: &SigningKey, zone: &str) -> Result<SignedZoneClaim> {
         issued_at_ms: now,
         expires_at_ms: now + 3_600_000,
         first_claimed_at_ms: None,
+        handover: None,
     }
     .sign(key))
 }

@@ -89,22 +89,8 @@ async fn metrics_move_with_calls_and_forged_records() -> Result<()> {
     assert!(value(&s1, "xarxa_database_bytes", None) > 0.0);
 
     // A call from m1 to m0 once the mesh knows the way; hung up by alice.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let before = (scrape(&m0, Some(TOKEN)).await?, scrape(&m1, None).await?);
-    let call =
-        loop {
-            let call = ad.call(&bob.address).await?;
-            let ev = ad
-            .expect_event("ringing or ended", WAIT, |e| {
-                matches!(e, NodeToClient::Ringing { call: c } | NodeToClient::Ended { call: c, .. } if *c == call)
-            })
-            .await?;
-            match ev {
-                NodeToClient::Ringing { .. } => break call,
-                _ if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(300)).await,
-                other => bail!("calling bob: {other:?}"),
-            }
-        };
+    let call = ad.call_until_ringing(&bob.address, Duration::from_secs(30)).await?;
     bd.expect_incoming(&call, &alice.address, WAIT).await?;
     bd.accept(&call).await?;
     ad.expect_accepted(&call, WAIT).await?;
@@ -222,5 +208,172 @@ async fn sigterm_during_a_call_tells_both_devices_and_keeps_its_history() -> Res
     assert_eq!((sent.kind, sent.outcome), (HistoryKind::Sent, Outcome::ConnectionLost));
     let got = n.history_entry(&bob.token, &call, WAIT).await?;
     assert_eq!(got.kind, HistoryKind::Received);
+    Ok(())
+}
+
+/// `xarxa setup` with flags, its password on standard input, in `root`
+/// (config at `root/config.toml`, data at `root/data`); the loopback
+/// settings reach it as variables.
+fn setup(root: &std::path::Path, args: &[&str], password: &str, env: &[(&str, &str)]) -> Result<std::process::Output> {
+    use std::io::Write as _;
+    let mut cmd = std::process::Command::new(xarxa_tests::xarxa_bin()?);
+    cmd.arg("--config").arg(root.join("config.toml")).arg("--data").arg(root.join("data")).arg("setup").args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("XARXA_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied()).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn()?;
+    if let Some(mut input) = child.stdin.take() {
+        writeln!(input, "{password}")?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_checks_the_zone_name_in_the_mesh_and_says_how_to_reach_the_node() -> Result<()> {
+    let holder = Node::start("st0", &MESH_ENV)?;
+    let boot = holder.info().mesh.first().context("a mesh address")?.clone();
+    let env = [
+        ("XARXA_MESH__LISTEN", "[\"/ip4/127.0.0.1/tcp/0\"]"),
+        ("XARXA_MESH__MDNS", "false"),
+        ("XARXA_HTTP__LISTEN", "127.0.0.1:8443"),
+        ("XARXA_TURN__LISTEN", "127.0.0.1:0"),
+    ];
+    let dir = tempfile::tempdir()?;
+    let flags = |zone: &'static str| -> Vec<String> {
+        ["--zone", zone, "--bootstrap", &boot, "--registration", "invite", "--account", "vol", "--password-stdin"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(["--wait".to_owned(), "20s".to_owned()])
+            .collect()
+    };
+    // The name another node holds is refused, and nothing is written.
+    let taken = flags("st0");
+    let out = setup(dir.path(), &taken.iter().map(String::as_str).collect::<Vec<_>>(), "a-long-password", &env)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("zone st0 is held by another node"),
+        "{stderr}{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!dir.path().join("config.toml").exists());
+
+    let free = flags("st1");
+    let out = setup(dir.path(), &free.iter().map(String::as_str).collect::<Vec<_>>(), "a-long-password", &env)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("zone st1: free (1 zones answered)"), "{stdout}");
+    assert!(stdout.contains("account vol@st1 created"), "{stdout}");
+    assert!(stdout.contains("https://127.0.0.1:8443/"), "{stdout}");
+    // The fingerprint printed is the certificate's.
+    let pem = std::fs::read(dir.path().join("data/tls/cert.pem"))?;
+    let der = rustls_pemfile::certs(&mut pem.as_slice()).next().context("a certificate")??;
+    let hash = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    let want = hash.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
+    assert!(stdout.contains(&want), "fingerprint {want} in:\n{stdout}");
+    let written = std::fs::read_to_string(dir.path().join("config.toml"))?;
+    for line in ["zone = \"st1\"", "registration = \"invite\"", boot.as_str()] {
+        assert!(written.contains(line), "{line} in:\n{written}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("config.toml"))?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+    }
+
+    // The node set up so starts with the account, and claims its zone.
+    let root = dir.path().to_owned();
+    let node = Node::start_with("st1", &MESH_ENV, |data| {
+        copy_dir(&root.join("data"), data)?;
+        let text = written.replace(&root.join("data").display().to_string(), &data.display().to_string());
+        std::fs::write(data.parent().context("root")?.join("config.toml"), text)?;
+        Ok(())
+    })?;
+    node.login("vol", "a-long-password").await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = holder.cli(&["mesh", "ping", "st1"])?;
+        if out.status.success() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "st1 never answered: {}", String::from_utf8_lossy(&out.stderr));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(())
+}
+
+/// Copies a directory tree.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// One line of `xarxa doctor`: level, check, what it found.
+type DoctorLine = (String, String, String);
+
+/// `xarxa doctor`'s lines, and whether it succeeded.
+fn doctor(node: &Node) -> Result<(bool, Vec<DoctorLine>)> {
+    let out = node.cli(&["doctor"])?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines = text
+        .lines()
+        .filter(|l| !l.starts_with(' '))
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, char::is_whitespace).filter(|p| !p.is_empty());
+            let level = parts.next()?.to_owned();
+            let rest = l[level.len()..].trim_start();
+            let (name, detail) = rest.split_once("  ").unwrap_or((rest, ""));
+            Some((level, name.trim().to_owned(), detail.trim().to_owned()))
+        })
+        .collect();
+    Ok((out.status.success(), lines))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_a_healthy_node_and_names_what_is_broken() -> Result<()> {
+    let m0 = Node::start("dr0", &MESH_ENV)?;
+    let boots = format!("[{}]", m0.info().mesh.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(","));
+    let mut env1 = MESH_ENV.to_vec();
+    env1.push(("XARXA_MESH__BOOTSTRAP", &boots));
+    let mut m1 = Node::start("dr1", &env1)?;
+    // Once the claim is published, every check of a healthy node passes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let (ok, lines) = doctor(&m1)?;
+        if ok && lines.iter().all(|(level, _, _)| level == "ok") {
+            break lines;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "doctor on a healthy node: {lines:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let names: Vec<&str> = lines.iter().map(|(_, n, _)| n.as_str()).collect();
+    for want in ["certificate", "https port", "stun/turn", "zone claim", "mesh peers", "clock", "dial-back"] {
+        assert!(names.contains(&want), "{want} in {lines:?}");
+    }
+    let dial = lines.iter().find(|(_, n, _)| n == "dial-back").map(|(_, _, d)| d.clone()).unwrap_or_default();
+    assert!(dial.contains("reached /ip4/127.0.0.1/tcp/"), "{dial}");
+
+    // A stopped node: the doctor fails and says to start it. (Its port
+    // checks bind what the config names: loopback here.)
+    m1.stop()?;
+    std::fs::write(
+        m1.root().join("config.toml"),
+        "[http]\nlisten = \"127.0.0.1:0\"\n[turn]\nlisten = \"127.0.0.1:0\"\n",
+    )?;
+    let (ok, lines) = doctor(&m1)?;
+    assert!(!ok);
+    assert!(lines.iter().any(|(level, name, _)| level == "FAIL" && name == "node"), "{lines:?}");
     Ok(())
 }

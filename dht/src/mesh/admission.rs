@@ -116,12 +116,13 @@ impl SwarmTask {
     /// Answers a peer's question with this node's claim, signed now (none
     /// while another key holds the zone).
     fn show_claim(&mut self, channel: ResponseChannel<ClaimShown>) {
-        let taken = matches!(*lock(&self.shared.claim), Some(ClaimState::Taken { .. }));
+        let taken = self.signer.lookup_only || matches!(*lock(&self.shared.claim), Some(ClaimState::Taken { .. }));
         let claim = (!taken).then(|| {
             let addrs: Vec<String> =
                 self.swarm.listeners().map(|a| a.to_string()).take(crate::record::MAX_ADDRS).collect();
             let first = self.shared.first_claimed_at_ms.load(std::sync::atomic::Ordering::Relaxed);
-            super::publish::sign_claim(&self.signer.key, &self.signer.zone, addrs, self.signer.claim_ttl, first)
+            let s = &self.signer;
+            super::publish::sign_claim(&s.key, &s.zone, addrs, s.claim_ttl, first, s.handover.as_ref())
         });
         let _ = self.swarm.behaviour_mut().claim.send_response(channel, ClaimShown { claim });
     }
@@ -137,7 +138,10 @@ impl SwarmTask {
         let key = zone_key(&claim.claim.zone);
         let kad = &mut self.swarm.behaviour_mut().kad;
         let store = kad.store_mut();
-        if matches!(store.mesh_record(&key), Some(MeshRecord::Zone(held)) if held.claim.node != claim.claim.node) {
+        // Another key holds the zone, and did not hand it to this one.
+        if matches!(store.mesh_record(&key), Some(MeshRecord::Zone(held))
+            if held.claim.node != claim.claim.node && claim.handed_from() != Some(held.claim.node.as_str()))
+        {
             return Err(PeerRefusal::ZoneTaken);
         }
         if store.live_zones_of(&claim.claim.node, &key) >= self.limits.max_zones_per_key as usize {
@@ -225,6 +229,9 @@ pub(super) struct ClaimSigner {
     pub(super) key: std::sync::Arc<ed25519_dalek::SigningKey>,
     pub(super) zone: signalling::ZoneName,
     pub(super) claim_ttl: std::time::Duration,
+    pub(super) handover: Option<crate::record::SignedZoneHandover>,
+    /// Shows no claim (see `MeshConfig::lookup_only`).
+    pub(super) lookup_only: bool,
 }
 
 /// The limits admission and offered records apply.

@@ -31,6 +31,17 @@ pub struct MeshConfig {
     pub listen: Vec<Multiaddr>,
     /// Peers to join through, each ending in `/p2p/<peer id>`.
     pub bootstrap: Vec<Multiaddr>,
+    /// The hand-over by which this node's key took its zone from another
+    /// key (zone key rotation): carried in every claim it signs. Not read
+    /// from a file: the node sets it from `data_dir/handover.json`.
+    #[serde(skip)]
+    pub handover: Option<crate::record::SignedZoneHandover>,
+    /// Only look records up: publish nothing and show no claim, so other
+    /// nodes answer this one but keep it out of their routing tables (what
+    /// `xarxa setup` uses to see whether a zone name is free before the
+    /// node claims it). Not read from a file.
+    #[serde(skip)]
+    pub lookup_only: bool,
     /// Relays to listen through (for a node others cannot dial), each
     /// ending in `/p2p/<peer id>`.
     pub relays: Vec<Multiaddr>,
@@ -138,6 +149,8 @@ impl Default for MeshConfig {
                 Multiaddr::empty().with(Protocol::Ip4(any)).with(Protocol::Udp(7447)).with(Protocol::QuicV1),
             ],
             bootstrap: Vec::new(),
+            handover: None,
+            lookup_only: false,
             relays: Vec::new(),
             external: Vec::new(),
             mdns: true,

@@ -137,11 +137,17 @@ impl PendingGet {
 /// node key: how many holders returned it, and its newest copy): the one
 /// most holders returned; between as many, the zone's oldest claim (when
 /// first claimed, which renewals keep, not when last issued, which a rogue
-/// can back-date); then the lower key, so every node settles alike.
+/// can back-date); then the lower key, so every node settles alike. A key
+/// that handed the zone to another key whose claim was found is out of the
+/// running: holders that have not yet seen the new claim still return the
+/// old one.
 fn best_claim(votes: HashMap<String, (usize, SignedZoneClaim)>) -> Option<SignedZoneClaim> {
     use std::cmp::Reverse;
+    let retired: std::collections::HashSet<String> =
+        votes.values().filter_map(|(_, c)| c.handed_from().map(str::to_owned)).collect();
     votes
         .into_values()
+        .filter(|(_, c)| !retired.contains(&c.claim.node))
         .max_by_key(|(n, c)| (*n, Reverse(c.claim.first_claimed()), Reverse(c.claim.node.clone())))
         .map(|(_, c)| c)
 }
@@ -473,6 +479,7 @@ mod tests {
             issued_at_ms: issued,
             expires_at_ms,
             first_claimed_at_ms: first,
+            handover: None,
         }
         .sign(&k)
     }
@@ -499,5 +506,29 @@ mod tests {
             ]);
             assert_eq!(best_claim(votes), Some(rogue));
         }
+    }
+
+    #[test]
+    fn a_key_that_handed_the_zone_over_loses_to_its_successor() {
+        use crate::record::ZoneHandover;
+        let now = 1_800_000_000_000;
+        let first = now - 86_400_000;
+        let old = claim(1, now, Some(first));
+        let new_key = SigningKey::from_bytes(&[2; 32]);
+        let handover = ZoneHandover {
+            zone: old.claim.zone.clone(),
+            from: old.claim.node.clone(),
+            to: node_hex(&new_key),
+            first_claimed_at_ms: first,
+            issued_at_ms: now,
+        }
+        .sign(&SigningKey::from_bytes(&[1; 32]));
+        let mut body = claim(2, now, Some(first)).claim;
+        body.handover = Some(handover);
+        let new = body.sign(&new_key);
+        // Most holders have not seen the new claim yet: still the new one.
+        let votes =
+            HashMap::from([(old.claim.node.clone(), (5, old.clone())), (new.claim.node.clone(), (1, new.clone()))]);
+        assert_eq!(best_claim(votes), Some(new));
     }
 }

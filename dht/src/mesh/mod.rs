@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::SigningKey;
 pub use libp2p::core::Multiaddr;
 use libp2p::identity;
-use libp2p::multiaddr::Protocol;
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::PeerId;
 use signalling::service::Refusal;
 use signalling::{Address, UserName, ZoneName};
@@ -166,10 +166,17 @@ impl Mesh {
         let store = PersistentStore::open(peer_id, tree);
         // A node that held its zone before a restart keeps the claim's
         // history: its last claim is in its own store.
-        let first_claimed = match store.mesh_record(&zone_key(&zone)) {
-            Some(MeshRecord::Zone(c)) if c.claim.node == node_hex(&key) => c.claim.first_claimed(),
+        let first_claimed = match (store.mesh_record(&zone_key(&zone)), &config.handover) {
+            (_, Some(h)) => h.handover.first_claimed_at_ms,
+            (Some(MeshRecord::Zone(c)), None) if c.claim.node == node_hex(&key) => c.claim.first_claimed(),
             _ => 0,
         };
+        if let Some(h) = &config.handover {
+            h.verify().map_err(|e| MeshError::Config { field: "handover", why: e.to_string() })?;
+            if h.handover.to != node_hex(&key) || h.handover.zone != zone {
+                return Err(MeshError::Config { field: "handover", why: "it is for another key or zone".into() });
+            }
+        }
         let (swarm, relays, trusted) = swarm::build(&key, store, &config)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
@@ -194,7 +201,13 @@ impl Mesh {
             trusted,
             admitting: HashMap::new(),
             admitted_from: HashMap::new(),
-            signer: admission::ClaimSigner { key: key.clone(), zone: zone.clone(), claim_ttl: config.claim_ttl },
+            signer: admission::ClaimSigner {
+                key: key.clone(),
+                zone: zone.clone(),
+                claim_ttl: config.claim_ttl,
+                handover: config.handover.clone(),
+                lookup_only: config.lookup_only,
+            },
             limits: admission::Limits {
                 max_zones_per_key: config.max_zones_per_key,
                 max_peers_per_prefix: config.max_peers_per_prefix,
@@ -215,7 +228,9 @@ impl Mesh {
         let mesh = Mesh { cmd: cmd_tx, peer_id, zone, key, config: Arc::new(config), shared };
         info!(peer = %peer_id, zone = %mesh.zone, "mesh started");
         tokio::spawn(service::route(mesh.clone(), in_rx));
-        tokio::spawn(mesh.clone().publisher());
+        if !mesh.config.lookup_only {
+            tokio::spawn(mesh.clone().publisher());
+        }
         Ok(mesh)
     }
 

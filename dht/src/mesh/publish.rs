@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::handover::REPLICATION;
 use super::swarm::{Cmd, SwarmTask};
 use super::{lock, peer_of, wall_ms, ClaimState, Mesh};
-use crate::record::{node_hex, MeshRecord, SignedZoneClaim, UserRecord, ZoneClaim};
+use crate::record::{node_hex, MeshRecord, SignedZoneClaim, SignedZoneHandover, UserRecord, ZoneClaim};
 use crate::store::expiry_instant;
 
 /// User records put at once when publishing.
@@ -57,7 +57,7 @@ impl Mesh {
 
     fn sign_claim(&self, addrs: Vec<String>) -> SignedZoneClaim {
         let first = self.shared.first_claimed_at_ms.load(Ordering::Relaxed);
-        sign_claim(&self.key, &self.zone, addrs, self.config.claim_ttl, first)
+        sign_claim(&self.key, &self.zone, addrs, self.config.claim_ttl, first, self.config.handover.as_ref())
     }
 
     async fn own_claim(&self) -> Option<SignedZoneClaim> {
@@ -140,12 +140,31 @@ impl Mesh {
         }
     }
 
-    /// Returns once a connected mesh peer has been identified.
+    /// Returns once a connected mesh peer has been identified. Meanwhile
+    /// the node holds its own claim in its own store (renewed as often as
+    /// it republishes), so that a newcomer asking it, the first zone of a
+    /// mesh, finds the zone taken.
     async fn until_routable(&self) {
+        let mut held_locally: Option<tokio::time::Instant> = None;
         loop {
             let changed = self.shared.routable_changed.notified();
             if self.shared.routable.load(Ordering::Acquire) || self.cmd.is_closed() {
                 return;
+            }
+            let taken = matches!(*lock(&self.shared.claim), Some(ClaimState::Taken { .. }));
+            if !taken && held_locally.is_none_or(|at| at.elapsed() >= self.config.republish) {
+                held_locally = Some(tokio::time::Instant::now());
+                let _ = self.shared.first_claimed_at_ms.compare_exchange(
+                    0,
+                    wall_ms(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                if let Some(claim) = self.own_claim().await {
+                    let rec = MeshRecord::Zone(claim);
+                    // With no peer the put ends at once, stored here only.
+                    let _ = self.put(rec.key(), rec.encode(), rec.expires_at_ms()).await;
+                }
             }
             // Bounded, so a stopped mesh is noticed.
             let _ = tokio::time::timeout(self.config.stretch(Duration::from_secs(5)), changed).await;
@@ -159,7 +178,10 @@ impl Mesh {
         // rogue answering lookups, and must not talk the holder out of it.
         let held = matches!(*lock(&self.shared.claim), Some(ClaimState::Held));
         let holder = if held { None } else { self.resolve_claim_fresh().await };
-        if let Some(h) = holder.filter(|h| h.claim.node != node_hex(&self.key)) {
+        // The key this one took the zone from by a hand-over holds it only
+        // until this claim reaches its holders.
+        let from = self.config.handover.as_ref().map(|h| h.handover.from.as_str());
+        if let Some(h) = holder.filter(|h| h.claim.node != node_hex(&self.key) && Some(h.claim.node.as_str()) != from) {
             let by = peer_of(&h.claim.node).map(|p| p.to_string()).unwrap_or_default();
             if *lock(&self.shared.claim) != Some(ClaimState::Taken { by: by.clone() }) {
                 warn!(zone = %self.zone, %by, "zone name is held by another node; not claiming it");
@@ -198,16 +220,22 @@ impl Mesh {
 
 /// This node's claim of `zone`, signed now with `key`, listing `addrs`,
 /// lasting `ttl`; `first_claimed_at_ms` is when this key first claimed the
-/// zone (0: now).
+/// zone (0: now). A claim made under a hand-over carries it, and the
+/// zone's first claim as the hand-over states it.
 pub(super) fn sign_claim(
     key: &SigningKey,
     zone: &ZoneName,
     addrs: Vec<String>,
     ttl: Duration,
     first_claimed_at_ms: u64,
+    handover: Option<&SignedZoneHandover>,
 ) -> SignedZoneClaim {
     let now = wall_ms();
-    let first = if first_claimed_at_ms == 0 { now } else { first_claimed_at_ms.min(now) };
+    let first = match handover {
+        Some(h) => h.handover.first_claimed_at_ms,
+        None if first_claimed_at_ms == 0 => now,
+        None => first_claimed_at_ms.min(now),
+    };
     ZoneClaim {
         zone: zone.clone(),
         node: node_hex(key),
@@ -216,6 +244,7 @@ pub(super) fn sign_claim(
         issued_at_ms: now,
         expires_at_ms: now + ttl.as_millis() as u64,
         first_claimed_at_ms: Some(first),
+        handover: handover.cloned(),
     }
     .sign(key)
 }

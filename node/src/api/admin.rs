@@ -1,8 +1,9 @@
-//! Admin operations (`xarxa user …`, `xarxa invite …`, `xarxa status`).
+//! Admin operations (`xarxa user …`, `xarxa invite …`, `xarxa status`,
+//! `xarxa backup`).
 //!
 //! While the node runs it holds the database, so the CLI sends its request
-//! over a Unix socket in the data directory (mode 0600: only the node's
-//! owner may use it). When no node runs, the CLI opens the database itself.
+//! over a Unix socket in the data directory (mode 0660: the node's user and
+//! its group, the `xarxa` group of the Debian package, may use it). When no node runs, the CLI opens the database itself.
 //! Both paths execute the same [`AdminRequest`] with [`execute`].
 
 use std::path::Path;
@@ -20,7 +21,7 @@ use crate::server::ServerError;
 use crate::services::accounts::{now_ms, AccountError, Accounts};
 use crate::services::calls::{Calls, Command};
 use crate::state::AppState;
-use crate::store::Store;
+use crate::store::{backup, Store};
 
 /// Largest admin request line, in bytes.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -68,6 +69,13 @@ pub enum AdminRequest {
         /// The zone.
         zone: String,
     },
+    /// A backup of the running node's database and files: answered by an
+    /// `Ok` line with its summary, then the backup itself (see
+    /// [`crate::store::backup`]); only over the socket.
+    Backup,
+    /// The running node's mesh checks for `xarxa doctor`
+    /// ([`crate::doctor::in_node`]).
+    Doctor,
 }
 
 impl AdminRequest {
@@ -83,6 +91,8 @@ impl AdminRequest {
             Self::Status => "status",
             Self::MeshStatus => "mesh status",
             Self::MeshPing { .. } => "mesh ping",
+            Self::Backup => "backup",
+            Self::Doctor => "doctor",
         }
     }
 }
@@ -184,6 +194,11 @@ pub async fn execute(
                 None if calls.is_some() => Err(AccountError::Internal("the mesh is disabled".into())),
                 None => Err(AccountError::Internal("the node is not running; mesh ping needs it".into())),
             },
+            AdminRequest::Doctor if calls.is_some() => Ok(json!({"checks": crate::doctor::in_node(mesh).await})),
+            AdminRequest::Doctor => Err(AccountError::Internal("the node is not running; its checks need it".into())),
+            AdminRequest::Backup => {
+                Err(AccountError::Internal("a backup is streamed: use admin::backup or Store::write_backup".into()))
+            }
         }
     }
     .await;
@@ -215,7 +230,8 @@ async fn mesh_ping(mesh: &dht::Mesh, zone: &str) -> Result<Value, String> {
     }
 }
 
-/// Binds `data_dir/admin.sock`, replacing a stale one, with mode 0600.
+/// Binds `data_dir/admin.sock`, replacing a stale one, with mode 0660
+/// (the data directory, 0750, keeps everyone else out anyway).
 pub fn bind(data_dir: &Path) -> Result<UnixListener, ServerError> {
     let path = data_dir.join("admin.sock");
     let io = |what: &str| {
@@ -231,7 +247,7 @@ pub fn bind(data_dir: &Path) -> Result<UnixListener, ServerError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io("securing"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(io("securing"))?;
     }
     Ok(listener)
 }
@@ -247,6 +263,13 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
             let mut reader = BufReader::new(read.take_limit());
             let resp = match reader.read_line(&mut line).await {
                 Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
+                    Ok(AdminRequest::Backup) => {
+                        info!(op = "backup", "admin request");
+                        if let Err(e) = stream_backup(&state, &mut write).await {
+                            warn!(error = %e, "backup failed");
+                        }
+                        return;
+                    }
                     Ok(req) => {
                         info!(op = req.name(), "admin request");
                         execute(&state.accounts, &state.store, Some(&state.calls), state.mesh.as_ref(), req).await
@@ -262,6 +285,63 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
             }
         });
     }
+}
+
+/// Takes a backup into a temporary file in the data directory (writers
+/// wait only for that), then sends the `Ok` line and the file.
+async fn stream_backup(state: &AppState, write: &mut tokio::net::unix::OwnedWriteHalf) -> Result<(), String> {
+    let data_dir = state.config.data_dir.clone();
+    let store = state.store.clone();
+    let taken = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let files = backup::data_files(&data_dir).map_err(|e| e.to_string())?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".backup-")
+            .tempfile_in(&data_dir)
+            .map_err(|e| format!("temporary file in {}: {e}", data_dir.display()))?;
+        let summary = store.write_backup(tmp.as_file(), &files, now_ms()).map_err(|e| e.to_string())?;
+        Ok((summary, tmp))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    let (summary, tmp) = match taken {
+        Ok(t) => t,
+        Err(message) => {
+            let mut out = serde_json::to_vec(&AdminResponse::Error { message: message.clone() }).unwrap_or_default();
+            out.push(b'\n');
+            let _ = write.write_all(&out).await;
+            return Err(message);
+        }
+    };
+    let mut out = serde_json::to_vec(&AdminResponse::Ok { data: json!(summary) }).unwrap_or_default();
+    out.push(b'\n');
+    write.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut file = tokio::fs::File::open(tmp.path()).await.map_err(|e| e.to_string())?;
+    tokio::io::copy(&mut file, write).await.map_err(|e| e.to_string())?;
+    write.shutdown().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Asks the node running on `data_dir` for a backup and writes it to
+/// `out`; `None` if no node answers. The answer is the backup's summary.
+pub async fn backup(data_dir: &Path, out: &mut tokio::fs::File) -> Option<Result<Value, String>> {
+    let mut stream = UnixStream::connect(data_dir.join("admin.sock")).await.ok()?;
+    let mut line = serde_json::to_vec(&AdminRequest::Backup).ok()?;
+    line.push(b'\n');
+    stream.write_all(&line).await.ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut first = String::new();
+    if let Err(e) = reader.read_line(&mut first).await {
+        return Some(Err(format!("reading the node's answer: {e}")));
+    }
+    Some(match serde_json::from_str::<AdminResponse>(&first) {
+        Ok(AdminResponse::Ok { data }) => match tokio::io::copy(&mut reader, out).await {
+            Ok(_) => Ok(data),
+            Err(e) => Err(format!("receiving the backup: {e}")),
+        },
+        Ok(AdminResponse::Error { message }) => Err(message),
+        Err(e) => Err(format!("the node's answer: {e}")),
+    })
 }
 
 trait TakeLimit {

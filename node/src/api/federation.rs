@@ -9,7 +9,8 @@
 //!   acts for, and as its callee a user of this zone; every later message
 //!   of a call must come from the node the call was set up with (checked
 //!   by the calls service).
-//! - **node**: answered here (zone, version, wall clock).
+//! - **node**: answered here (zone, version, wall clock; a dial-back to
+//!   the asking zone's claimed addresses, at most one per zone every 10 s).
 //!
 //! A new service registers its queue in [`Inbound::serve`] and gets a
 //! reader in [`Inbound::spawn`].
@@ -83,8 +84,14 @@ async fn serve_calls(state: Arc<AppState>, mut inbound: Incoming<CallService>) {
     }
 }
 
+/// How long a dial-back connection may take.
+const DIAL_BACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often one zone may ask for a dial-back.
+const DIAL_BACK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Answers questions about this node.
 async fn serve_node(state: Arc<AppState>, mut inbound: Incoming<NodeService>) {
+    let mut dialled: std::collections::HashMap<signalling::ZoneName, std::time::Instant> = Default::default();
     while let Some(req) = inbound.recv().await {
         match req.request {
             NodeQuery::Ping => {
@@ -92,7 +99,55 @@ async fn serve_node(state: Arc<AppState>, mut inbound: Incoming<NodeService>) {
                 let version = env!("CARGO_PKG_VERSION").to_string();
                 req.reply.ok(NodeAnswer::Pong { zone, version, wall_ms: now_ms() }).await;
             }
+            NodeQuery::DialBack => {
+                if dialled.get(&req.zone).is_some_and(|at| at.elapsed() < DIAL_BACK_EVERY) {
+                    req.reply.refuse("one dial-back per zone every 10 s").await;
+                    continue;
+                }
+                dialled.retain(|_, at| at.elapsed() < DIAL_BACK_EVERY);
+                dialled.insert(req.zone.clone(), std::time::Instant::now());
+                let Some(mesh) = state.mesh.clone() else { continue };
+                // Off the reader: dialling takes up to DIAL_BACK_TIMEOUT.
+                tokio::spawn(async move {
+                    let Some(claim) = mesh.zone_claim(&req.zone).await else {
+                        req.reply.refuse("no claim of your zone is known here").await;
+                        return;
+                    };
+                    let (reached, unreachable) = dial_back(&claim.claim.addrs).await;
+                    req.reply.ok(NodeAnswer::DialedBack { reached, unreachable }).await;
+                });
+            }
             _ => req.reply.refuse("this node does not know that question").await,
         }
     }
+}
+
+/// Opens a TCP connection to each `/ip4|ip6/…/tcp/PORT` address of a claim
+/// (at most [`dht::record::MAX_ADDRS`], a record's bound), concurrently.
+async fn dial_back(addrs: &[String]) -> (Vec<String>, Vec<String>) {
+    use dht::mesh::Protocol;
+    let targets: Vec<(String, std::net::SocketAddr)> = addrs
+        .iter()
+        .take(dht::record::MAX_ADDRS)
+        .filter_map(|a| {
+            let m: dht::mesh::Multiaddr = a.parse().ok()?;
+            let mut it = m.iter();
+            let ip: std::net::IpAddr = match it.next()? {
+                Protocol::Ip4(ip) => ip.into(),
+                Protocol::Ip6(ip) => ip.into(),
+                _ => return None,
+            };
+            match it.next()? {
+                Protocol::Tcp(port) => Some((a.clone(), std::net::SocketAddr::new(ip, port))),
+                _ => None,
+            }
+        })
+        .collect();
+    let tries = targets.into_iter().map(|(a, sa)| async move {
+        let ok = matches!(tokio::time::timeout(DIAL_BACK_TIMEOUT, tokio::net::TcpStream::connect(sa)).await, Ok(Ok(_)));
+        (a, ok)
+    });
+    let results = futures_util::future::join_all(tries).await;
+    let (reached, unreachable): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, ok)| *ok);
+    (reached.into_iter().map(|(a, _)| a).collect(), unreachable.into_iter().map(|(a, _)| a).collect())
 }

@@ -9,6 +9,7 @@ impl Store {
     /// Appends a history entry (its `id` set here), dropping the user's
     /// oldest beyond `max`. Returns the stored entry.
     pub fn add_history(&self, user: &str, mut entry: HistoryEntry, max: usize) -> Result<HistoryEntry, StoreError> {
+        let _w = self.writing();
         entry.id = self.next_id()?;
         self.history.insert(user_key(user, entry.id), enc(&entry))?;
         let count = self.history.scan_prefix(user_prefix(user)).keys().count();
@@ -37,11 +38,13 @@ impl Store {
 
     /// Deletes one entry; `false` if the user has no such entry.
     pub fn delete_history(&self, user: &str, id: u64) -> Result<bool, StoreError> {
+        let _w = self.writing();
         Ok(self.history.remove(user_key(user, id))?.is_some())
     }
 
     /// Deletes every entry of `user`; returns how many.
     pub fn clear_history(&self, user: &str) -> Result<usize, StoreError> {
+        let _w = self.writing();
         let mut n = 0;
         for k in self.history.scan_prefix(user_prefix(user)).keys() {
             self.history.remove(k?)?;
@@ -52,6 +55,7 @@ impl Store {
 
     /// Stores a notice (its `id` set here) and returns it.
     pub fn add_notice(&self, user: &str, mut notice: Notice) -> Result<Notice, StoreError> {
+        let _w = self.writing();
         notice.id = self.next_id()?;
         self.notices.insert(user_key(user, notice.id), enc(&notice))?;
         Ok(notice)
@@ -71,6 +75,7 @@ impl Store {
 
     /// Marks a notice read; `false` if the user has no such notice.
     pub fn mark_notice_read(&self, user: &str, id: u64) -> Result<bool, StoreError> {
+        let _w = self.writing();
         let key = user_key(user, id);
         let Some(v) = self.notices.get(&key)? else { return Ok(false) };
         let mut n: Notice = dec("notices", &v)?;

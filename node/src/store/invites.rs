@@ -16,6 +16,7 @@ pub struct InviteRecord {
 impl Store {
     /// Stores an invite code.
     pub fn create_invite(&self, code: &str, rec: &InviteRecord) -> Result<(), StoreError> {
+        let _w = self.writing();
         self.invites.insert(code.as_bytes(), enc(rec))?;
         Ok(())
     }
@@ -33,6 +34,7 @@ impl Store {
 
     /// Uses up one registration of an invite; `false` if it is unknown or spent.
     pub fn take_invite(&self, code: &str) -> Result<bool, StoreError> {
+        let _w = self.writing();
         loop {
             let Some(old) = self.invites.get(code.as_bytes())? else { return Ok(false) };
             let mut rec: InviteRecord = dec("invites", &old)?;

@@ -1,12 +1,18 @@
 //! The node's embedded database: typed access to its sled trees. Nothing
 //! outside this module touches sled.
 //!
-//! Trees: `meta` (schema version), `users` (name → [`UserRecord`]),
+//! Trees: `meta` (schema version, id counter), `users` (name → [`UserRecord`]),
 //! `sessions` (SHA-256 of token → [`SessionRecord`]), `session_ids`
 //! (user \0 session id → token hash), `history` (user \0 id → entry),
 //! `notices` (user \0 id → notice), `invites` (code → [`InviteRecord`]).
 //! Values are JSON. Writes a caller acknowledges are followed by
 //! [`Store::flush`], so they survive a crash.
+//!
+//! Every write method takes the write gate (shared) through
+//! [`Store::writing`]; a backup takes it exclusively, so it copies the
+//! database between whole writes (`backup.rs`). The schema version is in
+//! `meta`; [`Store::open`] brings an older database forward one step at a
+//! time (`migrate.rs`), after leaving a backup beside it.
 //!
 //! This file holds the [`Store`] itself (opening, the schema check,
 //! flushing, errors, the tree handles) and the helpers every domain uses
@@ -21,18 +27,22 @@ use std::path::Path;
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::TransactionError;
 
+pub mod backup;
 mod history;
 mod invites;
 mod mesh;
+mod migrate;
 mod sessions;
 mod users;
 
 pub use invites::InviteRecord;
+pub use migrate::Migrated;
 pub use sessions::SessionRecord;
 pub use users::UserRecord;
 
-/// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this build writes and reads. What each version
+/// changed is in `migrate.rs`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +67,14 @@ pub enum StoreError {
         /// The decoding error.
         why: String,
     },
+    /// The backup that must precede a migration could not be written.
+    #[error("backing up before migrating from schema {from}: {why}")]
+    BackupFailed {
+        /// The schema found.
+        from: u32,
+        /// Why.
+        why: String,
+    },
     /// sled failed.
     #[error("database: {0}")]
     Db(#[from] sled::Error),
@@ -66,6 +84,9 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Shared by writers, taken whole by a backup.
+    gate: std::sync::Arc<parking_lot::RwLock<()>>,
+    meta: sled::Tree,
     users: sled::Tree,
     sessions: sled::Tree,
     session_ids: sled::Tree,
@@ -101,6 +122,9 @@ fn user_str_key(user: &str, id: &str) -> Vec<u8> {
     k
 }
 
+/// The key in `meta` holding the schema version (u32, big-endian).
+const SCHEMA_KEY: &str = "schema_version";
+
 fn tx_err(e: TransactionError<StoreError>) -> StoreError {
     match e {
         TransactionError::Abort(e) => e,
@@ -110,8 +134,17 @@ fn tx_err(e: TransactionError<StoreError>) -> StoreError {
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`. Refuses a database
-    /// written by a newer schema, and one another process holds.
+    /// written by a newer schema, and one another process holds; migrates
+    /// an older one (see [`Store::open_migrating`]).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_migrating(dir).map(|(s, _)| s)
+    }
+
+    /// Opens the database in `dir` like [`Store::open`], and says whether
+    /// it was migrated: an older schema is first backed up to a file beside
+    /// `dir` (named in the answer), then brought forward one version at a
+    /// time, each step atomic with the version it writes.
+    pub fn open_migrating(dir: &Path) -> Result<(Self, Option<Migrated>), StoreError> {
         let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(|e| match e {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) => {
                 StoreError::Locked
@@ -119,29 +152,46 @@ impl Store {
             other => StoreError::Db(other),
         })?;
         let meta = db.open_tree("meta")?;
-        match meta.get("schema_version")? {
-            Some(v) => {
-                let found = <[u8; 4]>::try_from(v.as_ref())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt { tree: "meta", why: "schema_version".into() })?;
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
-                }
-            }
-            None => {
-                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-                db.flush()?;
-            }
-        }
-        Ok(Self {
+        let store = Self {
             users: db.open_tree("users")?,
             sessions: db.open_tree("sessions")?,
             session_ids: db.open_tree("session_ids")?,
             history: db.open_tree("history")?,
             notices: db.open_tree("notices")?,
             invites: db.open_tree("invites")?,
+            gate: std::sync::Arc::default(),
+            meta,
             db,
-        })
+        };
+        if store.meta.get(SCHEMA_KEY)?.is_none() {
+            let mut fresh = sled::Batch::default();
+            fresh.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes());
+            fresh.insert(migrate::NEXT_ID_KEY, &1u64.to_be_bytes());
+            store.meta.apply_batch(fresh)?;
+            store.db.flush()?;
+            return Ok((store, None));
+        }
+        let found = store.schema_version()?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+        }
+        let migrated = if found < SCHEMA_VERSION { Some(store.migrate(dir, found)?) } else { None };
+        Ok((store, migrated))
+    }
+
+    /// The schema version recorded in `meta`.
+    fn schema_version(&self) -> Result<u32, StoreError> {
+        let v =
+            self.meta.get(SCHEMA_KEY)?.ok_or(StoreError::Corrupt { tree: "meta", why: "no schema_version".into() })?;
+        <[u8; 4]>::try_from(v.as_ref())
+            .map(u32::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt { tree: "meta", why: "schema_version".into() })
+    }
+
+    /// Held by every write, shared; a backup takes the gate whole so that it
+    /// sees no write half done. Recursive, as one write may call another.
+    fn writing(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.gate.read_recursive()
     }
 
     /// Makes every write so far durable.
@@ -156,9 +206,15 @@ impl Store {
         Ok(())
     }
 
-    /// A fresh id, increasing over time, unique in this database.
+    /// A fresh id, increasing over time, unique in this database. The
+    /// counter is in `meta`, so a backup carries it.
     pub fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
+        let next = self.meta.update_and_fetch(migrate::NEXT_ID_KEY, |old| {
+            let n = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(1, u64::from_be_bytes);
+            Some(n.saturating_add(1).to_be_bytes().to_vec())
+        })?;
+        let n = next.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map(u64::from_be_bytes);
+        n.map(|n| n - 1).ok_or(StoreError::Corrupt { tree: "meta", why: "next_id".into() })
     }
 
     /// The database's size on disk, in bytes.

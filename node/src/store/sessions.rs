@@ -33,6 +33,7 @@ impl Store {
         rec: &SessionRecord,
         max: usize,
     ) -> Result<Vec<String>, StoreError> {
+        let _w = self.writing();
         (&self.sessions, &self.session_ids)
             .transaction(|(s, ids)| {
                 s.insert(&token_hash[..], enc(rec))?;
@@ -61,6 +62,7 @@ impl Store {
 
     /// Updates a session's last-used time.
     pub fn touch_session(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<(), StoreError> {
+        let _w = self.writing();
         if let Some(mut rec) = self.session(token_hash)? {
             rec.last_used_at_ms = now_ms;
             self.sessions.insert(token_hash, enc(&rec))?;
@@ -81,6 +83,7 @@ impl Store {
 
     /// Revokes one of `user`'s sessions by id; `None` if it has no such session.
     pub fn revoke_session(&self, user: &str, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let _w = self.writing();
         let key = user_str_key(user, id);
         let Some(hash) = self.session_ids.get(&key)? else { return Ok(None) };
         let old = (&self.sessions, &self.session_ids)
@@ -94,6 +97,7 @@ impl Store {
 
     /// Revokes every session of `user` except `keep`; returns their ids.
     pub fn revoke_sessions(&self, user: &str, keep: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let _w = self.writing();
         let ids: Vec<String> =
             self.sessions_of(user)?.into_iter().map(|s| s.id).filter(|id| Some(id.as_str()) != keep).collect();
         for id in &ids {
@@ -104,6 +108,7 @@ impl Store {
 
     /// Deletes sessions that expired before `now_ms`; returns how many.
     pub fn purge_expired_sessions(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let _w = self.writing();
         let mut expired = Vec::new();
         for kv in self.sessions.iter() {
             let (_, v) = kv?;

@@ -18,6 +18,7 @@ pub struct UserRecord {
 impl Store {
     /// Creates an account; `false` if the name is taken.
     pub fn create_user(&self, rec: &UserRecord) -> Result<bool, StoreError> {
+        let _w = self.writing();
         let r = self.users.compare_and_swap(rec.name.as_bytes(), None as Option<&[u8]>, Some(enc(rec)))?;
         Ok(r.is_ok())
     }
@@ -39,6 +40,7 @@ impl Store {
 
     /// Replaces an account's password hash; `false` if there is no such user.
     pub fn set_password(&self, name: &str, hash: &str) -> Result<bool, StoreError> {
+        let _w = self.writing();
         let Some(mut rec) = self.user(name)? else { return Ok(false) };
         rec.password_hash = hash.to_string();
         self.users.insert(name.as_bytes(), enc(&rec))?;
@@ -48,6 +50,7 @@ impl Store {
     /// Deletes an account with its sessions, history and notices. Returns
     /// the revoked session ids, or `None` if there was no such user.
     pub fn remove_user(&self, name: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let _w = self.writing();
         if self.users.remove(name.as_bytes())?.is_none() {
             return Ok(None);
         }
