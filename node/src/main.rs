@@ -98,7 +98,8 @@ struct SetupArgs {
     /// Who may create accounts: open, invite or admin-only.
     #[arg(long)]
     registration: Option<String>,
-    /// The first account to create (the volunteer's own).
+    /// The first account to create: the volunteer's own, an administrator
+    /// of the zone (may make invite codes from the web).
     #[arg(long)]
     account: Option<String>,
     /// Read the first account's password from the first line of standard
@@ -148,6 +149,9 @@ enum UserCmd {
         name: String,
         #[command(flatten)]
         password: PasswordArg,
+        /// An administrator of the zone: may make invite codes from the web.
+        #[arg(long)]
+        admin: bool,
     },
     /// List accounts.
     List,
@@ -278,7 +282,9 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             println!("restart the node if it runs");
             return Ok(());
         }
-        Cmd::User(UserCmd::Add { name, password }) => AdminRequest::UserAdd { name, password: password.get()? },
+        Cmd::User(UserCmd::Add { name, password, admin }) => {
+            AdminRequest::UserAdd { name, password: password.get()?, admin }
+        }
         Cmd::User(UserCmd::List) => AdminRequest::UserList,
         Cmd::User(UserCmd::Remove { name }) => AdminRequest::UserRemove { name },
         Cmd::User(UserCmd::Passwd { name, password }) => AdminRequest::UserPasswd { name, password: password.get()? },
@@ -442,7 +448,9 @@ async fn setup(file: Option<PathBuf>, overrides: Overrides, args: SetupArgs) -> 
 
     let account = match args.account {
         Some(a) => Some(a),
-        None if interactive => Some(ask("Your own account's name (empty: none)", "")?).filter(|a| !a.is_empty()),
+        None if interactive => {
+            Some(ask("Your own account's name, an administrator (empty: none)", "")?).filter(|a| !a.is_empty())
+        }
         None => None,
     };
     if let Some(name) = account {
@@ -458,9 +466,9 @@ async fn setup(file: Option<PathBuf>, overrides: Overrides, args: SetupArgs) -> 
         let store = open_offline(&config)?;
         let accounts =
             xarxa_node::services::accounts::Accounts::new(store.clone(), &config).map_err(|e| e.to_string())?;
-        let created = accounts.create(&name, &password).await.map_err(|e| e.to_string())?;
+        let created = accounts.create(&name, &password, true).await.map_err(|e| e.to_string())?;
         store.flush().await.map_err(|e| e.to_string())?;
-        println!("account {created} created");
+        println!("account {created} created (an administrator of the zone)");
     }
     let configured = config.tls.cert.as_deref().zip(config.tls.key.as_deref());
     let (cert, _) =

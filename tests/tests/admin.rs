@@ -162,6 +162,32 @@ async fn invite_codes_admit_as_many_registrations_as_they_allow() -> Result<()> 
     n.login("dora", PASSWORD).await?;
     n.login("enric", PASSWORD).await?;
     n.try_login("fina", PASSWORD, None).await?.expect_error(401, "invalid_credentials")?;
+
+    // An administrator of the zone makes invite codes from the web; other
+    // users may not.
+    admin(&data, &["user", "add", "gemma", "--admin", "--password-stdin"], Some(PASSWORD))?;
+    let listed = admin(&data, &["user", "list"], None)?;
+    let flag = |who: &str| {
+        listed["users"].as_array().and_then(|l| l.iter().find(|u| u["name"] == who)).map(|u| u["admin"].clone())
+    };
+    assert_eq!((flag("gemma"), flag("dora")), (Some(json!(true)), Some(json!(false))), "{listed}");
+    let gemma = n.login("gemma", PASSWORD).await?;
+    let dora = n.login("dora", PASSWORD).await?;
+    assert_eq!(n.get("/api/v1/me", Some(&gemma)).await?.expect_status(200)?.body["admin"], json!(true));
+    n.post("/api/v1/invites", Some(&dora), json!({"uses": 1})).await?.expect_error(403, "forbidden")?;
+    n.get("/api/v1/invites", Some(&dora)).await?.expect_error(403, "forbidden")?;
+    n.post("/api/v1/invites", None, json!({"uses": 1})).await?.expect_error(401, "invalid_token")?;
+    n.post("/api/v1/invites", Some(&gemma), json!({"uses": 0})).await?.expect_error(400, "bad_request")?;
+    let made = n.post("/api/v1/invites", Some(&gemma), json!({"uses": 1})).await?.expect_status(201)?;
+    let web_code = made.body["code"].as_str().context("a code")?.to_owned();
+    let list = n.get("/api/v1/invites", Some(&gemma)).await?.expect_status(200)?;
+    assert!(
+        list.body["invites"].as_array().is_some_and(|l| l.iter().any(|i| i["code"] == json!(web_code))),
+        "{:?}",
+        list.body
+    );
+    register("hug", Some(&web_code)).await?.expect_status(201)?;
+    register("ines", Some(&web_code)).await?.expect_error(403, "invalid_invite")?;
     Ok(())
 }
 

@@ -420,6 +420,21 @@ async fn the_debian_package_installs_sets_up_two_nodes_that_mesh_and_purges() ->
     b.history_entry(&bob, &call, WAIT).await?;
     drop((ad, bd));
 
+    // `xarxa doctor` on the installed node finds nothing to fix: its
+    // certificate, ports and STUN, its claim, its peer's clock, and the
+    // peer dialling it back at its claimed address.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = installed(&["ip", "netns", "exec", NS[1]], &["doctor"]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && !text.contains("warn") {
+            ensure!(text.contains(&format!("reached /ip4/{NET}.2/tcp/7447")), "{text}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "xarxa doctor on the installed node:\n{text}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // systemd's stop (SIGTERM, then SIGKILL after TimeoutStopSec=60) never
     // needs the SIGKILL.
     for (name, service) in [("pkga", &mut service_a), ("pkgb", &mut service_b)] {

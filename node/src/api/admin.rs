@@ -37,6 +37,9 @@ pub enum AdminRequest {
         name: String,
         /// Password.
         password: String,
+        /// An administrator of the zone (may make invite codes from the web).
+        #[serde(default)]
+        admin: bool,
     },
     /// List accounts.
     UserList,
@@ -128,8 +131,8 @@ pub async fn execute(
 ) -> AdminResponse {
     let result: Result<Value, AccountError> = async {
         match req {
-            AdminRequest::UserAdd { name, password } => {
-                let user = accounts.create(&name, &password).await?;
+            AdminRequest::UserAdd { name, password, admin } => {
+                let user = accounts.create(&name, &password, admin).await?;
                 if let Some(m) = mesh {
                     m.publish_user(user.name.clone()).await;
                 }
@@ -139,7 +142,7 @@ pub async fn execute(
                 let users: Vec<Value> = store
                     .users()?
                     .into_iter()
-                    .map(|u| json!({"name": u.name, "created_at_ms": u.created_at_ms}))
+                    .map(|u| json!({"name": u.name, "created_at_ms": u.created_at_ms, "admin": u.admin}))
                     .collect();
                 Ok(json!({"users": users}))
             }

@@ -165,6 +165,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/password", post(change_password))
         .route("/api/v1/history", get(history).delete(clear_history))
         .route("/api/v1/history/{id}", delete(delete_history))
+        .route("/api/v1/invites", get(list_invites).post(create_invite))
         .route("/api/v1/notices", get(notices))
         .route("/api/v1/notices/{id}/read", post(read_notice))
         .route("/api/v1/ws", get(crate::api::ws::upgrade))
@@ -246,7 +247,50 @@ async fn logout(State(s): State<Arc<AppState>>, Auth(a): Auth) -> Result<StatusC
 /// # `GET /api/v1/me`
 async fn me(State(s): State<Arc<AppState>>, Auth(a): Auth) -> Result<Json<serde_json::Value>, ApiError> {
     let rec = s.store.user(a.user.name.as_str())?.ok_or(AccountError::InvalidToken)?;
-    Ok(Json(json!({"user": a.user, "zone": s.accounts.zone().as_str(), "created_at_ms": rec.created_at_ms})))
+    Ok(Json(json!({"user": a.user, "zone": s.accounts.zone().as_str(), "created_at_ms": rec.created_at_ms,
+                    "admin": rec.admin})))
+}
+
+/// The caller, if an administrator of the zone; `forbidden` otherwise.
+fn admin_of(s: &AppState, a: &Authed) -> Result<(), ApiError> {
+    match s.store.user(a.user.name.as_str())? {
+        Some(rec) if rec.admin => Ok(()),
+        Some(_) => Err(ApiError::Forbidden("only an administrator of the zone may do this")),
+        None => Err(AccountError::InvalidToken.into()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteBody {
+    uses: u32,
+}
+
+/// Most registrations one invite code may allow.
+const MAX_INVITE_USES: u32 = 1000;
+
+/// # `POST /api/v1/invites` (administrators)
+/// Makes an invite code: `{"uses": 5}` → 201 `{"code": "…", "uses": 5}`.
+async fn create_invite(
+    State(s): State<Arc<AppState>>,
+    Auth(a): Auth,
+    ApiJson(b): ApiJson<InviteBody>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    admin_of(&s, &a)?;
+    if b.uses == 0 || b.uses > MAX_INVITE_USES {
+        return Err(ApiError::BadRequest(format!("uses must be 1 to {MAX_INVITE_USES}")));
+    }
+    let code = s.accounts.create_invite(b.uses).await?;
+    Ok((StatusCode::CREATED, Json(json!({"code": code, "uses": b.uses}))))
+}
+
+/// # `GET /api/v1/invites` (administrators)
+/// The invite codes with the registrations each still allows.
+async fn list_invites(State(s): State<Arc<AppState>>, Auth(a): Auth) -> Result<Json<serde_json::Value>, ApiError> {
+    admin_of(&s, &a)?;
+    let list: Vec<serde_json::Value> =
+        s.store.invites()?.into_iter().map(|(code, r)| json!({"code": code, "uses_left": r.uses_left})).collect();
+    Ok(Json(json!({"invites": list})))
 }
 
 #[derive(Serialize)]

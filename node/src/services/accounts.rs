@@ -260,21 +260,22 @@ impl Accounts {
                 }
             }
         }
-        let user = self.create(name, password).await?;
+        let user = self.create(name, password, false).await?;
         // Every registration counts towards the per-address limit.
         self.registrations.fail(&from.to_string(), now);
         Ok(user)
     }
 
-    /// Creates an account (admin path: no policy, no throttle).
-    pub async fn create(&self, name: &str, password: &str) -> Result<Address, AccountError> {
+    /// Creates an account (admin path: no policy, no throttle), an
+    /// administrator of the zone if `admin`.
+    pub async fn create(&self, name: &str, password: &str, admin: bool) -> Result<Address, AccountError> {
         let name = self.parse_local(name)?;
         check_password(password)?;
         if self.store.user_exists(name.as_str())? {
             return Err(AccountError::NameTaken);
         }
         let hash = self.hash(password.to_string()).await?;
-        let rec = UserRecord { name: name.to_string(), password_hash: hash, created_at_ms: now_ms() };
+        let rec = UserRecord { name: name.to_string(), password_hash: hash, created_at_ms: now_ms(), admin };
         if !self.store.create_user(&rec)? {
             return Err(AccountError::NameTaken);
         }

@@ -413,7 +413,7 @@ mod tests {
     use crate::store::{SessionRecord, UserRecord};
 
     fn user(name: &str) -> UserRecord {
-        UserRecord { name: name.into(), password_hash: "h".into(), created_at_ms: 1 }
+        UserRecord { name: name.into(), password_hash: "h".into(), created_at_ms: 1, admin: false }
     }
 
     #[test]

@@ -13,6 +13,10 @@ pub struct UserRecord {
     pub password_hash: String,
     /// Creation time, ms since the epoch.
     pub created_at_ms: u64,
+    /// May manage the zone from the web: make and list invite codes
+    /// (`xarxa user add --admin`; `xarxa setup`'s first account).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 impl Store {

@@ -55,6 +55,7 @@ fn main() -> Result<()> {
             name: name.clone(),
             password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
             created_at_ms: 1,
+            admin: false,
         })?;
         for s in 0..2u8 {
             let mut hash = [s; 32];
