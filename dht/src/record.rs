@@ -580,6 +580,11 @@ pub fn validate(
                 MeshRecord::User(_) => RecordError::WrongZoneKey,
             });
         }
+        // A hand-over passes the zone's age on as the holder's claim has
+        // it: it cannot make the zone older.
+        if h.claim.node != rec.node() && offered.claim.first_claimed() != h.claim.first_claimed() {
+            return Err(RecordError::HistoryRewritten);
+        }
     }
     if let Some(old) = existing.filter(|o| o.expires_at_ms() > now_ms && o.node() == rec.node()) {
         if rec.seq() < old.seq() || (rec.seq() == old.seq() && rec != *old) {

@@ -269,3 +269,87 @@ async fn a_new_service_needs_no_change_to_the_mesh_and_the_layer_refuses_by_caus
     assert_eq!(a.mesh.status().await.refused_requests.get(&Refusal::UnknownService), Some(&1));
     server.abort();
 }
+
+/// A process that identified under a key, was asked for its claim and
+/// went silent (a setup check's lookup-only mesh over QUIC, killed, say).
+#[derive(libp2p::swarm::NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct Mute {
+    identify: libp2p::identify::Behaviour,
+    kad: libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>,
+    claim: libp2p::request_response::json::Behaviour<dht::behaviour::ClaimAsk, dht::behaviour::ClaimShown>,
+}
+
+/// Starts [`Mute`] under key `[seed; 32]`, dialling `to`; resolves once
+/// it has been asked for its claim (the question it never answers).
+async fn mute_peer(seed: u8, to: Multiaddr) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{identify, identity, kad, request_response};
+    let key = identity::Keypair::ed25519_from_bytes([seed; 32]).unwrap();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(Default::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|key| {
+            let peer = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::with_config(
+                peer,
+                kad::store::MemoryStore::new(peer),
+                kad::Config::new(dht::behaviour::KAD_PROTOCOL),
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            Mute {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    dht::behaviour::IDENTIFY_VERSION.into(),
+                    key.public(),
+                )),
+                kad,
+                claim: request_response::json::Behaviour::new(
+                    [(dht::behaviour::CLAIM_PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                ),
+            }
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+    swarm.dial(to).unwrap();
+    let (asked_tx, asked) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut asked_tx = Some(asked_tx);
+        let mut unanswered = Vec::new();
+        loop {
+            if let SwarmEvent::Behaviour(MuteEvent::Claim(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            })) = swarm.select_next_some().await
+            {
+                unanswered.push(channel);
+                if let Some(tx) = asked_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), asked).await.unwrap().unwrap();
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_back_in_a_new_process_is_admitted_while_its_old_connection_hangs() {
+    // The first zone of a mesh, with a user, and a long question timeout
+    // (the old connection hangs that long).
+    let a = start_with("a", 1, MeshConfig { request_timeout: Duration::from_secs(8), ..config(vec![]) }).await;
+    a.mesh.publish_user(UserName::parse("alice").unwrap()).await;
+    let boot = addr_of(&a).await;
+    let mute = mute_peer(2, boot.clone()).await;
+    // The same key, a real node now, given a's address.
+    let b = start("b", 2, vec![boot]).await;
+    let alice = Address::parse("alice@a").unwrap();
+    until("b resolves alice@a", || async { b.mesh.resolve(&alice).await.is_ok() }).await;
+    until("a admits b to its routing table", || async { a.mesh.status().await.routing_table == 1 }).await;
+    until("a's claim reaches the mesh", || async { a.mesh.status().await.published_at_ms.is_some() }).await;
+    mute.abort();
+}

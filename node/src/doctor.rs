@@ -294,7 +294,7 @@ async fn dial_back(mesh: &dht::Mesh, peers: &[dht::mesh::PeerId]) -> Check {
                 (true, true) => check(
                     "dial-back",
                     Level::Warn,
-                    "this node's claim lists no TCP address",
+                    format!("the peer ({p}) sees this node at an address its claim does not list"),
                     Some("set mesh.external to the address other zones reach this machine at"),
                 ),
             };

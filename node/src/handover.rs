@@ -80,6 +80,9 @@ pub fn hand_over(data_dir: &Path, zone: &ZoneName, to: &str, out: &Path) -> Resu
     if to_key.is_none_or(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).is_err()) || to != to.to_lowercase() {
         return Err(HandoverError::Invalid(format!("{to:?} is not a node key (64 lower-case hex digits)")));
     }
+    if !data_dir.join("node.key").exists() {
+        return Err(HandoverError::Invalid(format!("{} holds no node key to hand over from", data_dir.display())));
+    }
     let key = crate::identity::load_or_create(data_dir)?;
     if node_hex(&key) == to {
         return Err(HandoverError::Invalid("that is this node's own key".into()));
@@ -104,9 +107,11 @@ pub fn hand_over(data_dir: &Path, zone: &ZoneName, to: &str, out: &Path) -> Resu
     }
     .sign(&key);
     let json = serde_json::to_vec_pretty(&signed).unwrap_or_default();
-    std::fs::write(out, &json).map_err(io(format!("writing {}", out.display())))?;
+    // First the mark that keeps this node from claiming the zone again,
+    // then the file for the new node: never a usable hand-over without it.
     let given = data_dir.join(GIVEN_FILE);
     write_private(&given, &json).map_err(io(format!("writing {}", given.display())))?;
+    std::fs::write(out, &json).map_err(io(format!("writing {}", out.display())))?;
     Ok(signed)
 }
 

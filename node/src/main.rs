@@ -318,13 +318,17 @@ async fn admin_request(config: &Config, req: AdminRequest) -> Result<AdminRespon
     if let Some(resp) = admin::request(&config.data_dir, &req).await {
         return Ok(resp);
     }
-    let store = open_offline(config)?;
-    let accounts = xarxa_node::services::accounts::Accounts::new(store.clone(), config).map_err(|e| e.to_string())?;
-    let resp = admin::execute(&accounts, &store, None, None, req).await;
-    store.flush().await.map_err(|e| e.to_string())?;
-    drop((accounts, store));
+    let result = async {
+        let store = open_offline(config)?;
+        let accounts =
+            xarxa_node::services::accounts::Accounts::new(store.clone(), config).map_err(|e| e.to_string())?;
+        let resp = admin::execute(&accounts, &store, None, None, req).await;
+        store.flush().await.map_err(|e| e.to_string())?;
+        Ok(resp)
+    }
+    .await;
     give_back(&config.data_dir)?;
-    Ok(resp)
+    result
 }
 
 /// Reads one line after printing `question [current]: `; the current
@@ -381,8 +385,19 @@ async fn doctor(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// `xarxa setup`.
+/// `xarxa setup`: its steps, then (whatever they came to) the files made
+/// in the data directory given back to its owner.
 async fn setup(file: Option<PathBuf>, overrides: Overrides, args: SetupArgs) -> Result<(), String> {
+    let path = file.clone().unwrap_or_else(|| PathBuf::from("xarxa.toml"));
+    let data_dir = Config::load(path.exists().then_some(path.as_path()), &overrides).ok().map(|c| c.data_dir);
+    let result = setup_steps(file, overrides, args).await;
+    if let Some(d) = data_dir {
+        give_back(&d)?;
+    }
+    result
+}
+
+async fn setup_steps(file: Option<PathBuf>, overrides: Overrides, args: SetupArgs) -> Result<(), String> {
     use xarxa_node::setup::{self, ZoneCheck};
     let path = file.unwrap_or_else(|| PathBuf::from("xarxa.toml"));
     let existing = path.exists().then_some(path.as_path());
@@ -428,7 +443,6 @@ async fn setup(file: Option<PathBuf>, overrides: Overrides, args: SetupArgs) -> 
         println!("asking the mesh whether zone {zone} is free…");
         match setup::zone_check(&config, key.clone(), &zone, args.wait).await? {
             ZoneCheck::Taken { by, first_claimed_at_ms } => {
-                give_back(&config.data_dir)?;
                 return Err(format!(
                     "zone {zone} is held by another node ({by}, first claimed {} s ago): choose another name",
                     xarxa_node::services::accounts::now_ms().saturating_sub(first_claimed_at_ms) / 1000
@@ -594,29 +608,61 @@ fn open_offline(config: &Config) -> Result<Store, String> {
 
 /// Run as root on a data directory that belongs to another user (the
 /// service's), gives everything in it back to that user, so the files an
-/// offline command made do not lock the service out.
+/// offline command made do not lock the service out. The walk goes by
+/// directory descriptors (`openat` with `O_NOFOLLOW`, `fchownat` without
+/// following links): a link the service's user swaps in mid-walk is never
+/// followed out of the data directory.
 fn give_back(data_dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
-    let Ok(meta) = std::fs::metadata(data_dir) else { return Ok(()) };
-    if meta.uid() == 0 {
+    let Ok(meta) = std::fs::symlink_metadata(data_dir) else { return Ok(()) };
+    if meta.uid() == 0 || !meta.is_dir() {
         return Ok(());
     }
-    let mut stack = vec![data_dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-            let path = entry.path();
-            let m = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            if m.uid() != meta.uid() || m.gid() != meta.gid() {
-                std::os::unix::fs::lchown(&path, Some(meta.uid()), Some(meta.gid()))
-                    .map_err(|e| format!("giving {} back: {e}", path.display()))?;
-            }
-            if m.is_dir() {
-                stack.push(path);
+    let owner = (nix::unistd::Uid::from_raw(meta.uid()), nix::unistd::Gid::from_raw(meta.gid()));
+    let dir = nix::dir::Dir::open(data_dir, dir_flags(), nix::sys::stat::Mode::empty())
+        .map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    give_back_in(dir, owner, 0).map_err(|e| format!("giving {} back: {e}", data_dir.display()))
+}
+
+fn dir_flags() -> nix::fcntl::OFlag {
+    use nix::fcntl::OFlag;
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+fn give_back_in(
+    mut dir: nix::dir::Dir,
+    (uid, gid): (nix::unistd::Uid, nix::unistd::Gid),
+    depth: usize,
+) -> nix::Result<()> {
+    use nix::fcntl::AtFlags;
+    use nix::sys::stat::{fstatat, SFlag};
+    use std::os::fd::AsRawFd;
+    // The data directory is two levels deep (db/, tls/); far past that is
+    // not ours.
+    if depth > 8 {
+        return Ok(());
+    }
+    let fd = dir.as_raw_fd();
+    let names: Vec<std::ffi::CString> = dir
+        .iter()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect();
+    for name in names {
+        let Ok(st) = fstatat(Some(fd), name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else { continue };
+        if st.st_uid != uid.as_raw() || st.st_gid != gid.as_raw() {
+            nix::unistd::fchownat(Some(fd), name.as_c_str(), Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        }
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+            // Swapped for a link since (O_NOFOLLOW refuses it) or gone: skipped.
+            if let Ok(sub) =
+                nix::dir::Dir::openat(Some(fd), name.as_c_str(), dir_flags(), nix::sys::stat::Mode::empty())
+            {
+                give_back_in(sub, (uid, gid), depth + 1)?;
             }
         }
     }

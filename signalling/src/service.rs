@@ -203,7 +203,8 @@ pub enum NodeQuery {
     Ping,
     /// Can you reach me? The answering node opens a new TCP connection to
     /// each TCP address in the asking zone's claim (the signed addresses
-    /// the mesh holds, never addresses the request names): `xarxa doctor`.
+    /// the mesh holds, never addresses the request names) at the IP the
+    /// request came from: `xarxa doctor`.
     DialBack,
 }
 

@@ -36,6 +36,20 @@ const MAX_ADMITTING: usize = 256;
 /// most a few hundred).
 const MAX_ADMITTED_FROM: usize = 4096;
 
+/// Times in a row a connected peer is asked for its claim when the
+/// question fails (not when it answers with none).
+const MAX_ASKS: u8 = 4;
+
+/// A peer asked for its claim.
+pub(super) struct Admitting {
+    /// The addresses identify gave.
+    addrs: Vec<Multiaddr>,
+    /// The latest question asked (answers to earlier ones are ignored).
+    asked: request_response::OutboundRequestId,
+    /// Questions asked in a row.
+    asks: u8,
+}
+
 /// Why a peer was kept out of the routing table (`mesh status`
 /// `refused_peers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +96,29 @@ impl SwarmTask {
             self.admit(peer, addrs);
             return;
         }
-        if self.admitting.len() >= MAX_ADMITTING || self.admitting.contains_key(&peer) {
+        // A peer identified again while its question is open (a new
+        // connection: a restarted process under the same key, whose old
+        // connection may take a while to be seen dead) is asked again, and
+        // only the latest answer counts.
+        if self.admitting.len() >= MAX_ADMITTING && !self.admitting.contains_key(&peer) {
             return;
         }
-        self.admitting.insert(peer, addrs);
-        self.swarm.behaviour_mut().claim.send_request(&peer, ClaimAsk {});
+        self.ask_claim(peer, addrs, 1);
+    }
+
+    /// Asks `peer` for its claim (the `asks`th time in a row).
+    fn ask_claim(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, asks: u8) {
+        let asked = self.swarm.behaviour_mut().claim.send_request(&peer, ClaimAsk {});
+        self.admitting.insert(peer, Admitting { addrs, asked, asks });
+    }
+
+    /// Takes `peer` out of the peers being admitted if `request` is the
+    /// latest question it was asked.
+    fn answered(&mut self, peer: PeerId, request: request_response::OutboundRequestId) -> Option<Admitting> {
+        match self.admitting.get(&peer) {
+            Some(a) if a.asked == request => self.admitting.remove(&peer),
+            _ => None,
+        }
     }
 
     /// Events of the admission protocol: questions to answer, answers to
@@ -95,19 +127,32 @@ impl SwarmTask {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { channel, .. } => self.show_claim(channel),
-                request_response::Message::Response { response, .. } => {
-                    let Some(addrs) = self.admitting.remove(&peer) else { return };
+                request_response::Message::Response { request_id, response } => {
+                    let Some(admitting) = self.answered(peer, request_id) else { return };
                     match self.judge(peer, response.claim) {
                         Ok(()) => {
                             self.note_admitted_from(peer);
-                            self.admit(peer, addrs);
+                            self.admit(peer, admitting.addrs);
                         }
                         Err(why) => self.refuse_peer(peer, why),
                     }
                 }
             },
-            request_response::Event::OutboundFailure { peer, .. } if self.admitting.remove(&peer).is_some() => {
-                self.refuse_peer(peer, PeerRefusal::NoClaim);
+            request_response::Event::OutboundFailure { peer, connection_id, request_id, error } => {
+                let Some(admitting) = self.answered(peer, request_id) else { return };
+                // The question went unanswered on one connection while
+                // another to the peer is up (a process gone silently, its
+                // key back in a new one): that connection is stale; close
+                // it and ask on the other.
+                let other = self.connections.iter().any(|(c, (p, _, _))| *p == peer && *c != connection_id);
+                if admitting.asks < MAX_ASKS && other {
+                    if matches!(error, request_response::OutboundFailure::Timeout) {
+                        self.swarm.close_connection(connection_id);
+                    }
+                    self.ask_claim(peer, admitting.addrs, admitting.asks + 1);
+                } else {
+                    self.refuse_peer(peer, PeerRefusal::NoClaim);
+                }
             }
             _ => {}
         }

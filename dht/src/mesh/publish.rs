@@ -31,7 +31,8 @@ impl Mesh {
     /// Publishes (and keeps renewing) the record of a local user.
     pub async fn publish_user(&self, name: UserName) {
         lock(&self.shared.users).insert(name.clone());
-        if matches!(*lock(&self.shared.claim), Some(ClaimState::Held)) {
+        let held = matches!(*lock(&self.shared.claim), Some(ClaimState::Held));
+        if held || self.holds_locally() {
             if let Some(claim) = self.own_claim().await {
                 self.put_user(&name, &claim).await;
             }
@@ -140,10 +141,14 @@ impl Mesh {
         }
     }
 
-    /// Returns once a connected mesh peer has been identified. Meanwhile
-    /// the node holds its own claim in its own store (renewed as often as
-    /// it republishes), so that a newcomer asking it, the first zone of a
-    /// mesh, finds the zone taken.
+    /// Returns once a connected mesh peer has been identified. Meanwhile a
+    /// node given no peer to join through (the first zone of a mesh) holds
+    /// its own claim and its users' records in its own store, renewed as
+    /// often as it republishes,
+    /// so that a newcomer asking it finds the zone taken. A node given
+    /// bootstrap peers or relays waits for them instead: the mesh may hold
+    /// its name already, and a claim held here first would refuse the
+    /// holder.
     async fn until_routable(&self) {
         let mut held_locally: Option<tokio::time::Instant> = None;
         loop {
@@ -151,8 +156,7 @@ impl Mesh {
             if self.shared.routable.load(Ordering::Acquire) || self.cmd.is_closed() {
                 return;
             }
-            let taken = matches!(*lock(&self.shared.claim), Some(ClaimState::Taken { .. }));
-            if !taken && held_locally.is_none_or(|at| at.elapsed() >= self.config.republish) {
+            if self.holds_locally() && held_locally.is_none_or(|at| at.elapsed() >= self.config.republish) {
                 held_locally = Some(tokio::time::Instant::now());
                 let _ = self.shared.first_claimed_at_ms.compare_exchange(
                     0,
@@ -161,14 +165,29 @@ impl Mesh {
                     Ordering::Relaxed,
                 );
                 if let Some(claim) = self.own_claim().await {
-                    let rec = MeshRecord::Zone(claim);
-                    // With no peer the put ends at once, stored here only.
+                    let rec = MeshRecord::Zone(claim.clone());
+                    // With no peer the put ends at once, stored here only;
+                    // its users' records too, so that a newcomer asking it
+                    // before it has admitted one finds them.
                     let _ = self.put(rec.key(), rec.encode(), rec.expires_at_ms()).await;
+                    let users: Vec<UserName> = lock(&self.shared.users).iter().cloned().collect();
+                    for user in users {
+                        self.put_user(&user, &claim).await;
+                    }
                 }
             }
             // Bounded, so a stopped mesh is noticed.
             let _ = tokio::time::timeout(self.config.stretch(Duration::from_secs(5)), changed).await;
         }
+    }
+
+    /// Whether this node holds its records in its own store only: the
+    /// first zone of a mesh (no bootstrap peer or relay given), with no
+    /// peer in its routing table yet and no other key holding its zone.
+    fn holds_locally(&self) -> bool {
+        let first_of_mesh = self.config.bootstrap.is_empty() && self.config.relays.is_empty();
+        let taken = matches!(*lock(&self.shared.claim), Some(ClaimState::Taken { .. }));
+        first_of_mesh && !taken && !self.shared.routable.load(Ordering::Acquire)
     }
 
     async fn publish_all(&self) -> Result<(), String> {

@@ -57,6 +57,7 @@ const MAX_CHECKS_PER_PEER: usize = 4;
 #[derive(Debug)]
 pub(crate) struct RawInbound {
     pub(crate) peer: PeerId,
+    pub(crate) from: Option<std::net::IpAddr>,
     pub(crate) request: NodeRequest,
     pub(crate) channel: ResponseChannel<NodeReply>,
 }
@@ -89,6 +90,8 @@ pub(super) struct AuthState {
 pub struct Inbound<S: Service> {
     /// The sending node (authenticated by the transport).
     pub peer: PeerId,
+    /// The IP address its connection comes from (`None` when relayed).
+    pub from: Option<std::net::IpAddr>,
     /// The zone it speaks for (it holds that zone's claim).
     pub zone: ZoneName,
     /// The user of `zone` it acts for, if any.
@@ -161,12 +164,12 @@ impl<S: Service> Incoming<S> {
     /// and skipped.
     pub async fn recv(&mut self) -> Option<Inbound<S>> {
         loop {
-            let RawInbound { peer, request, channel } = self.rx.recv().await?;
+            let RawInbound { peer, from, request, channel } = self.rx.recv().await?;
             match request.decode::<S>() {
                 Ok(body) => {
                     let reply =
                         Responder { channel, cmd: self.cmd.clone(), shared: self.shared.clone(), service: PhantomData };
-                    return Some(Inbound { peer, zone: request.zone, user: request.user, request: body, reply });
+                    return Some(Inbound { peer, from, zone: request.zone, user: request.user, request: body, reply });
                 }
                 Err(e) => {
                     debug!(%peer, service = S::NAME, error = %e, "refused a request that does not decode");

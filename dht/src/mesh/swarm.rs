@@ -90,8 +90,8 @@ pub(super) struct SwarmTask {
     /// Peers the operator configured (bootstrap peers, relays): admitted
     /// to the routing table without showing a claim.
     pub(super) trusted: HashSet<PeerId>,
-    /// Peers asked for their claim, with the addresses identify gave.
-    pub(super) admitting: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Peers asked for their claim.
+    pub(super) admitting: HashMap<PeerId, super::admission::Admitting>,
     /// The network each admitted peer connected from.
     pub(super) admitted_from: HashMap<PeerId, IpAddr>,
     /// Signs the claim this node shows.
@@ -424,9 +424,12 @@ impl SwarmTask {
     /// handles waiting for them.
     fn service_event(&mut self, event: request_response::Event<NodeRequest, NodeReply>) {
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message { peer, connection_id, message } => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    if let Err(e) = self.inbound.try_send(RawInbound { peer, request, channel }) {
+                    // The address the request came from, unless relayed.
+                    let from =
+                        self.connections.get(&connection_id).and_then(|(_, relayed, ip)| ip.filter(|_| !relayed));
+                    if let Err(e) = self.inbound.try_send(RawInbound { peer, from, request, channel }) {
                         let (mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i)) = e;
                         super::service::count(&self.shared, signalling::service::Refusal::Busy);
                         let busy = NodeReply::refused(signalling::service::Refusal::Busy, "node busy");

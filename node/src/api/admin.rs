@@ -2,8 +2,8 @@
 //! `xarxa backup`).
 //!
 //! While the node runs it holds the database, so the CLI sends its request
-//! over a Unix socket in the data directory (mode 0660: the node's user and
-//! its group, the `xarxa` group of the Debian package, may use it). When no node runs, the CLI opens the database itself.
+//! over a Unix socket in the data directory (mode 0600, or 0660 when the
+//! directory belongs to the Debian package's `xarxa` group). When no node runs, the CLI opens the database itself.
 //! Both paths execute the same [`AdminRequest`] with [`execute`].
 
 use std::path::Path;
@@ -233,8 +233,9 @@ async fn mesh_ping(mesh: &dht::Mesh, zone: &str) -> Result<Value, String> {
     }
 }
 
-/// Binds `data_dir/admin.sock`, replacing a stale one, with mode 0660
-/// (the data directory, 0750, keeps everyone else out anyway).
+/// Binds `data_dir/admin.sock`, replacing a stale one: mode 0660 when the
+/// data directory belongs to the group `xarxa` (the Debian package's,
+/// whose members administer the node), otherwise 0600.
 pub fn bind(data_dir: &Path) -> Result<UnixListener, ServerError> {
     let path = data_dir.join("admin.sock");
     let io = |what: &str| {
@@ -249,8 +250,12 @@ pub fn bind(data_dir: &Path) -> Result<UnixListener, ServerError> {
     let listener = UnixListener::bind(&path).map_err(io("binding"))?;
     #[cfg(unix)]
     {
+        use std::os::unix::fs::MetadataExt;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(io("securing"))?;
+        let group = std::fs::metadata(data_dir).ok().map(|m| nix::unistd::Gid::from_raw(m.gid()));
+        let named = group.and_then(|g| nix::unistd::Group::from_gid(g).ok().flatten()).map(|g| g.name);
+        let mode = if named.as_deref() == Some("xarxa") { 0o660 } else { 0o600 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io("securing"))?;
     }
     Ok(listener)
 }

@@ -106,14 +106,17 @@ async fn serve_node(state: Arc<AppState>, mut inbound: Incoming<NodeService>) {
                 }
                 dialled.retain(|_, at| at.elapsed() < DIAL_BACK_EVERY);
                 dialled.insert(req.zone.clone(), std::time::Instant::now());
-                let Some(mesh) = state.mesh.clone() else { continue };
+                let (Some(mesh), Some(from)) = (state.mesh.clone(), req.from) else {
+                    req.reply.refuse("a dial-back needs a direct connection").await;
+                    continue;
+                };
                 // Off the reader: dialling takes up to DIAL_BACK_TIMEOUT.
                 tokio::spawn(async move {
                     let Some(claim) = mesh.zone_claim(&req.zone).await else {
                         req.reply.refuse("no claim of your zone is known here").await;
                         return;
                     };
-                    let (reached, unreachable) = dial_back(&claim.claim.addrs).await;
+                    let (reached, unreachable) = dial_back(&claim.claim.addrs, from).await;
                     req.reply.ok(NodeAnswer::DialedBack { reached, unreachable }).await;
                 });
             }
@@ -123,8 +126,10 @@ async fn serve_node(state: Arc<AppState>, mut inbound: Incoming<NodeService>) {
 }
 
 /// Opens a TCP connection to each `/ip4|ip6/…/tcp/PORT` address of a claim
-/// (at most [`dht::record::MAX_ADDRS`], a record's bound), concurrently.
-async fn dial_back(addrs: &[String]) -> (Vec<String>, Vec<String>) {
+/// (at most [`dht::record::MAX_ADDRS`], a record's bound), concurrently,
+/// whose IP is the one the request came `from`: a node can probe only its
+/// own address with it, never make others knock on third parties' ports.
+async fn dial_back(addrs: &[String], from: std::net::IpAddr) -> (Vec<String>, Vec<String>) {
     use dht::mesh::Protocol;
     let targets: Vec<(String, std::net::SocketAddr)> = addrs
         .iter()
@@ -137,6 +142,9 @@ async fn dial_back(addrs: &[String]) -> (Vec<String>, Vec<String>) {
                 Protocol::Ip6(ip) => ip.into(),
                 _ => return None,
             };
+            if ip.to_canonical() != from.to_canonical() {
+                return None;
+            }
             match it.next()? {
                 Protocol::Tcp(port) => Some((a.clone(), std::net::SocketAddr::new(ip, port))),
                 _ => None,

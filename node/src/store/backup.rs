@@ -303,7 +303,7 @@ pub fn restore(file: &mut std::fs::File, db_dir: &Path) -> Result<(Summary, Vec<
     let db = sled::Config::new().path(db_dir).open().map_err(StoreError::Db)?;
     let mut files = Vec::new();
     let mut current: Option<(String, sled::Tree)> = None;
-    let summary = read_backup(
+    let imported = read_backup(
         &mut *file,
         |name, data| {
             files.push((name.to_string(), data));
@@ -318,9 +318,17 @@ pub fn restore(file: &mut std::fs::File, db_dir: &Path) -> Result<(Summary, Vec<
             }
             Ok(())
         },
-    )?;
-    db.flush().map_err(StoreError::Db)?;
-    Ok((summary, files))
+    )
+    .and_then(|summary| db.flush().map(|_| summary).map_err(|e| StoreError::Db(e).into()));
+    drop((current, db));
+    match imported {
+        Ok(summary) => Ok((summary, files)),
+        Err(e) => {
+            // The directory was empty or absent: leave it so, not half full.
+            let _ = std::fs::remove_dir_all(db_dir);
+            Err(e)
+        }
+    }
 }
 
 /// The [`DATA_FILES`] present in `data_dir`, with their contents.
@@ -375,16 +383,40 @@ pub fn restore_data_dir(
         moved_aside.push(to.display().to_string());
         Ok(())
     };
+    // The whole file first: a bad backup changes nothing.
+    {
+        use std::io::Seek;
+        file.rewind().map_err(io("reading the backup"))?;
+        read_backup(&mut *file, |_, _| Ok(()), |_, _, _| Ok(()))?;
+    }
+    let mut old_db = None;
     if db_dir.exists() {
-        // Proves no node holds it, and that it is a database.
-        drop(Store::open(&db_dir)?);
+        // Proves no node holds it (sled's lock), without opening it as a
+        // store, which would migrate the database about to be replaced.
+        match sled::Config::new().path(&db_dir).open() {
+            Ok(db) => drop(db),
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(11) => {
+                return Err(StoreError::Locked.into())
+            }
+            Err(e) => return Err(StoreError::Db(e).into()),
+        }
         if !force {
             return Err(BackupError::Exists(db_dir.display().to_string()));
         }
         aside(&db_dir)?;
+        old_db = Some(db_dir.with_file_name(format!("db.before-restore.{stamp}")));
     }
     std::fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
-    let (summary, files) = restore(file, &db_dir)?;
+    let (summary, files) = match restore(file, &db_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            // Put the database that was there back.
+            if let Some(old) = old_db {
+                let _ = std::fs::rename(old, &db_dir);
+            }
+            return Err(e);
+        }
+    };
     let mut written = Vec::new();
     for (name, bytes) in files {
         if without_node_key && ["node.key", "handover.json", "handed-over.json"].contains(&name.as_str()) {

@@ -8,7 +8,8 @@
 //! Values are JSON. Writes a caller acknowledges are followed by
 //! [`Store::flush`], so they survive a crash.
 //!
-//! Every write method takes the write gate (shared) through
+//! Every write method (and [`Store::next_id`], through them) takes the
+//! write gate (shared) through
 //! [`Store::writing`]; a backup takes it exclusively, so it copies the
 //! database between whole writes (`backup.rs`). The schema version is in
 //! `meta`; [`Store::open`] brings an older database forward one step at a
@@ -189,9 +190,11 @@ impl Store {
     }
 
     /// Held by every write, shared; a backup takes the gate whole so that it
-    /// sees no write half done. Recursive, as one write may call another.
+    /// sees no write half done. Not recursive: a write that calls another
+    /// calls its `*_held` form. (The lock is fair: once a backup waits, new
+    /// writes wait behind it, so writers cannot starve a backup.)
     fn writing(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
-        self.gate.read_recursive()
+        self.gate.read()
     }
 
     /// Makes every write so far durable.

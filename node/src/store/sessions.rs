@@ -47,7 +47,7 @@ impl Store {
             all.sort_by_key(|s| s.created_at_ms);
             let excess = all.len() - max;
             for old in all.into_iter().take(excess) {
-                if self.revoke_session(&rec.user, &old.id)?.is_some() {
+                if self.revoke_session_held(&rec.user, &old.id)?.is_some() {
                     revoked.push(old.id);
                 }
             }
@@ -84,6 +84,11 @@ impl Store {
     /// Revokes one of `user`'s sessions by id; `None` if it has no such session.
     pub fn revoke_session(&self, user: &str, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         let _w = self.writing();
+        self.revoke_session_held(user, id)
+    }
+
+    /// [`Store::revoke_session`] for a caller that holds the write gate.
+    fn revoke_session_held(&self, user: &str, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         let key = user_str_key(user, id);
         let Some(hash) = self.session_ids.get(&key)? else { return Ok(None) };
         let old = (&self.sessions, &self.session_ids)
@@ -98,10 +103,15 @@ impl Store {
     /// Revokes every session of `user` except `keep`; returns their ids.
     pub fn revoke_sessions(&self, user: &str, keep: Option<&str>) -> Result<Vec<String>, StoreError> {
         let _w = self.writing();
+        self.revoke_sessions_held(user, keep)
+    }
+
+    /// [`Store::revoke_sessions`] for a caller that holds the write gate.
+    pub(super) fn revoke_sessions_held(&self, user: &str, keep: Option<&str>) -> Result<Vec<String>, StoreError> {
         let ids: Vec<String> =
             self.sessions_of(user)?.into_iter().map(|s| s.id).filter(|id| Some(id.as_str()) != keep).collect();
         for id in &ids {
-            self.revoke_session(user, id)?;
+            self.revoke_session_held(user, id)?;
         }
         Ok(ids)
     }
@@ -118,7 +128,7 @@ impl Store {
             }
         }
         for rec in &expired {
-            self.revoke_session(&rec.user, &rec.id)?;
+            self.revoke_session_held(&rec.user, &rec.id)?;
         }
         Ok(expired.len())
     }

@@ -58,7 +58,7 @@ impl Store {
         if self.users.remove(name.as_bytes())?.is_none() {
             return Ok(None);
         }
-        let revoked = self.revoke_sessions(name, None)?;
+        let revoked = self.revoke_sessions_held(name, None)?;
         for tree in [&self.history, &self.notices] {
             for k in tree.scan_prefix(user_prefix(name)).keys() {
                 tree.remove(k?)?;
