@@ -155,6 +155,7 @@ fn wire_ui() {
         e.prevent_default();
         send_chat();
     });
+    crate::contacts::wire();
     on("history-clear-btn", "click", |_| {
         wasm_bindgen_futures::spawn_local(async {
             let token = with(|a| a.token.clone());
@@ -309,7 +310,26 @@ fn send(pending: Pending, make: impl FnOnce(RequestId) -> ClientToNode) -> Optio
     Some(id)
 }
 
+/// The session token, if logged in (for the other cards' HTTP calls).
+pub(crate) fn token() -> Option<String> {
+    with(|a| a.token.clone())
+}
+
+/// Sends a request whose reply needs no handling.
+pub(crate) fn request(make: impl FnOnce(RequestId) -> ClientToNode) {
+    send(Pending::Other, make);
+}
+
+/// Calls `to`, as if dialled (from the contact list).
+pub(crate) fn call_to(to: &str, video: bool) {
+    input("dial-input").set_value(to);
+    dial(video);
+}
+
 fn handle(msg: NodeToClient) {
+    if crate::contacts::handle(&msg) {
+        return;
+    }
     match msg {
         NodeToClient::Welcome { device, user, resumed, .. } => {
             with(|a| {
@@ -326,6 +346,7 @@ fn handle(msg: NodeToClient) {
             }
             banner("", "");
             wasm_bindgen_futures::spawn_local(async {
+                crate::contacts::load().await;
                 load_history().await;
                 load_ice().await;
             });

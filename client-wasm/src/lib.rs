@@ -1,7 +1,7 @@
 //! The Xarxa browser client: Rust compiled to WebAssembly. It drives the
 //! static page served by the zone node (`static/index.html`): log in, dial
 //! `name@zone`, ring and answer, WebRTC media and a chat data channel,
-//! history and missed calls. It speaks the node's signalling WebSocket with
+//! history and missed calls, contacts with live presence (`contacts.rs`). It speaks the node's signalling WebSocket with
 //! the `signalling` crate's message types.
 //!
 //! Test hooks: `window.xarxaPc` is the current `RTCPeerConnection`,
@@ -15,6 +15,8 @@ pub mod text;
 
 #[cfg(target_arch = "wasm32")]
 mod app;
+#[cfg(target_arch = "wasm32")]
+mod contacts;
 #[cfg(target_arch = "wasm32")]
 mod dom;
 #[cfg(target_arch = "wasm32")]

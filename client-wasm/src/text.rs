@@ -1,6 +1,7 @@
 //! What the page says: outcome messages, durations, dates. Pure, so it is
 //! tested on the host.
 
+use signalling::contacts::PresenceState;
 use signalling::{EndReason, ErrorCode, HistoryKind, Outcome};
 
 /// The sentence shown when a call ends, or `None` when nothing needs saying
@@ -85,6 +86,32 @@ pub fn outcome(o: Outcome, duration_ms: u64) -> String {
 /// Reconnect delay after `attempt` failures: 0.5 s doubling to 15 s.
 pub fn backoff_ms(attempt: u32) -> u32 {
     500u32.saturating_mul(1 << attempt.min(5)).min(15_000)
+}
+
+/// How a contact's presence is shown.
+pub fn presence(state: PresenceState) -> &'static str {
+    match state {
+        PresenceState::Online => "online",
+        PresenceState::Away => "away",
+        PresenceState::Busy => "busy",
+        PresenceState::InCall => "in a call",
+        _ => "offline",
+    }
+}
+
+/// The sentence for a contact request the node refused, by its error code.
+pub fn contact_error(code: &str, message: &str) -> String {
+    match code {
+        "unknown_user" => "There is no such user.".into(),
+        "unknown_zone" => "No zone of that name can be found in the mesh.".into(),
+        "own_address" => "That is your own address.".into(),
+        "already_contact" => "You are already contacts.".into(),
+        "already_requested" => "You have already asked; they have not answered yet.".into(),
+        "unreachable" => "Their zone cannot be reached right now. Try again later.".into(),
+        "rate_limited" => "You have sent many requests lately. Try again later.".into(),
+        "invalid_address" => format!("That is not a valid address: {message}"),
+        _ => message.to_string(),
+    }
 }
 
 #[cfg(test)]

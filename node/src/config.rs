@@ -202,6 +202,10 @@ pub struct Timeouts {
     /// them and exits.
     #[serde(with = "humantime_serde")]
     pub shutdown: Duration,
+    /// How often presence is re-read from every zone this node shares
+    /// contacts with (a zone not reached shows its users offline).
+    #[serde(with = "humantime_serde")]
+    pub presence_sync: Duration,
 }
 
 /// Limits on sizes and rates.
@@ -235,6 +239,13 @@ pub struct Limits {
     pub max_sessions_per_user: usize,
     /// Call history entries kept per user; the oldest go first.
     pub max_history_per_user: usize,
+    /// Contacts one user may hold (accepted and pending).
+    pub max_contacts_per_user: usize,
+    /// Contact requests waiting for one user's answer; past that, new ones
+    /// are refused.
+    pub max_pending_contact_requests: usize,
+    /// Contact requests one user may send per hour.
+    pub contact_requests_per_hour: u32,
 }
 
 impl Default for Config {
@@ -269,6 +280,7 @@ impl Default for Timeouts {
             session: Duration::from_secs(30 * 24 * 3600),
             idle: Duration::from_secs(90),
             shutdown: Duration::from_secs(20),
+            presence_sync: Duration::from_secs(60),
         }
     }
 }
@@ -289,6 +301,9 @@ impl Default for Limits {
             registrations_per_address: 20,
             max_sessions_per_user: 50,
             max_history_per_user: 1_000,
+            max_contacts_per_user: 2_000,
+            max_pending_contact_requests: 200,
+            contact_requests_per_hour: 60,
         }
     }
 }
@@ -394,6 +409,9 @@ impl Config {
         if l.max_sessions_per_user == 0 || l.max_history_per_user == 0 || l.max_body_bytes < 1024 {
             return invalid("limits", "sessions and history must be positive, bodies at least 1 KiB");
         }
+        if l.max_contacts_per_user == 0 || l.max_pending_contact_requests == 0 || l.contact_requests_per_hour == 0 {
+            return invalid("limits", "contact limits must be positive");
+        }
         self.mesh.validate()?;
         self.turn.validate()?;
         if self.metrics.token.as_ref().is_some_and(|t| t.len() < 16 || t.len() > 256 || !t.is_ascii()) {
@@ -406,6 +424,9 @@ impl Config {
         if t.ring.is_zero() || t.hello.is_zero() || t.session.is_zero() || t.idle < Duration::from_secs(5) {
             return invalid("timeouts", "ring, hello and session must be positive, idle at least 5s");
         }
+        if self.timeouts.presence_sync < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid { field: "timeouts.presence_sync", why: "at least 1s".into() });
+        }
         for (field, value, max) in self.durations() {
             if value > max {
                 return Err(ConfigError::Invalid { field, why: format!("{value:?} is longer than {max:?}") });
@@ -417,7 +438,7 @@ impl Config {
     /// Every duration of the file with its upper bound. The bounds are far
     /// past any sensible value; they exist so that a deadline computed from
     /// a setting (`Instant::now() + ring`) can never overflow.
-    pub fn durations(&self) -> [(&'static str, Duration, Duration); 8] {
+    pub fn durations(&self) -> [(&'static str, Duration, Duration); 9] {
         const HOUR: Duration = Duration::from_secs(3600);
         let (t, l) = (&self.timeouts, &self.limits);
         [
@@ -427,6 +448,7 @@ impl Config {
             ("timeouts.session", t.session, 366 * 24 * HOUR),
             ("timeouts.idle", t.idle, HOUR),
             ("timeouts.shutdown", t.shutdown, Duration::from_secs(600)),
+            ("timeouts.presence_sync", t.presence_sync, HOUR),
             ("limits.login_window", l.login_window, 24 * HOUR),
             ("turn.credential_ttl", self.turn.credential_ttl, 30 * 24 * HOUR),
         ]
@@ -453,6 +475,10 @@ const DOCS: &[(&str, &str)] = &[
         "timeouts.shutdown",
         "On SIGTERM, how long running calls may go on before the node ends them and exits (at most 10m).",
     ),
+    (
+        "timeouts.presence_sync",
+        "How often presence is re-read from every zone sharing contacts with this one (at least 1s).",
+    ),
     ("limits.max_frame_bytes", "Largest WebSocket frame accepted, in bytes."),
     ("limits.max_sdp_bytes", "Largest SDP in a signal, in bytes."),
     ("limits.max_chat_bytes", "Largest in-call chat line or ICE candidate, in bytes."),
@@ -466,6 +492,12 @@ const DOCS: &[(&str, &str)] = &[
     ("limits.registrations_per_address", "Registrations per source address within login_window."),
     ("limits.max_sessions_per_user", "Sessions one user may hold; the oldest is revoked past that."),
     ("limits.max_history_per_user", "Call history entries kept per user; the oldest go first."),
+    ("limits.max_contacts_per_user", "Contacts one user may hold, accepted and pending."),
+    (
+        "limits.max_pending_contact_requests",
+        "Contact requests waiting for one user's answer; past that, new ones are refused.",
+    ),
+    ("limits.contact_requests_per_hour", "Contact requests one user may send per hour."),
     ("mesh.enabled", "Join the mesh of zones (false: a lone zone whose users only call each other)."),
     ("mesh.listen", "libp2p listen multiaddresses for the mesh (TCP and QUIC)."),
     (

@@ -134,14 +134,33 @@ impl Server {
             None
         };
         let metrics = crate::metrics::Metrics::default();
+        let zone = config.zone_name()?;
+        let presence = crate::services::presence::PresenceHub::unstarted();
         let calls = Calls::spawn(
             store.clone(),
             mesh.as_ref().map(|(m, _)| m.clone()),
+            zone.clone(),
             config.timeouts.ring,
             config.timeouts.grace,
             config.limits.max_devices_per_user,
             config.limits.max_history_per_user,
             metrics.clone(),
+            Some(presence.activity_sink()),
+        );
+        let presence = presence.spawn(
+            store.clone(),
+            mesh.as_ref().map(|(m, _)| m.clone()),
+            calls.clone(),
+            zone.clone(),
+            config.timeouts.presence_sync,
+        );
+        let contacts = crate::services::contacts::Contacts::new(
+            store.clone(),
+            mesh.as_ref().map(|(m, _)| m.clone()),
+            zone,
+            calls.clone(),
+            presence.clone(),
+            &config.limits,
         );
         let listener = std::net::TcpListener::bind(config.http.listen)
             .map_err(io(format!("listening on {}", config.http.listen)))?;
@@ -170,6 +189,8 @@ impl Server {
             accounts,
             store,
             calls,
+            contacts,
+            presence,
             metrics,
         });
         if let Some(inbound) = inbound {

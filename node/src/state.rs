@@ -13,6 +13,8 @@ use crate::media::turn::Turn;
 use crate::metrics::Metrics;
 use crate::services::accounts::Accounts;
 use crate::services::calls::Calls;
+use crate::services::contacts::Contacts;
+use crate::services::presence::PresenceHub;
 use crate::store::Store;
 
 /// Shared state of the running node, given to every handler.
@@ -25,6 +27,10 @@ pub struct AppState {
     pub store: Store,
     /// The calls service.
     pub calls: Calls,
+    /// The contacts service.
+    pub contacts: Contacts,
+    /// The presence service.
+    pub presence: PresenceHub,
     /// The mesh, unless disabled.
     pub mesh: Option<dht::Mesh>,
     /// WebSocket slots (`limits.max_connections`).

@@ -6,6 +6,9 @@
 //!   ([`ClientToNode`], [`NodeToClient`]), history entries and notices.
 //! - [`switchboard`]: [`Switchboard`], the sans-IO call state machine of one
 //!   node: devices online, calls ringing and connected, timers.
+//! - [`contacts`]: contacts and presence, as devices see them and as
+//!   nodes carry them ([`contacts::ContactService`],
+//!   [`contacts::PresenceService`]).
 //! - [`service`]: node to node: the versioned envelope every request
 //!   between zone nodes travels in, the [`service::Service`] trait a
 //!   feature's node-to-node messages implement, and the first services
@@ -53,6 +56,7 @@
 //! ```
 
 pub mod address;
+pub mod contacts;
 pub mod msg;
 pub mod service;
 pub mod switchboard;

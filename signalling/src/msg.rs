@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
+use crate::contacts::{Contact, Presence};
 
 /// Protocol version spoken by this crate. A `hello` with another version is
 /// refused with [`ErrorCode::UnsupportedVersion`].
@@ -147,6 +148,14 @@ pub enum ClientToNode {
         /// Request id.
         id: RequestId,
     },
+    /// Whether the person at this device is idle (no input for a while):
+    /// a user whose every device is idle shows as away.
+    Idle {
+        /// Request id.
+        id: RequestId,
+        /// Idle now.
+        idle: bool,
+    },
 }
 
 /// Node to device.
@@ -238,6 +247,25 @@ pub enum NodeToClient {
     GoingAway {
         /// The longest the node waits for running calls, in ms.
         within_ms: u64,
+    },
+    /// Event: a contact was asked for, accepted or changed (by this user
+    /// on another device, or by the other user).
+    Contact {
+        /// The contact as it now stands.
+        contact: Contact,
+    },
+    /// Event: a contact is gone (removed, withdrawn or denied, by either
+    /// side). No presence of it follows.
+    ContactRemoved {
+        /// The other user.
+        address: Address,
+    },
+    /// Event: an accepted contact's presence changed.
+    Presence {
+        /// The contact.
+        address: Address,
+        /// Their presence now.
+        presence: Presence,
     },
 }
 
@@ -474,7 +502,7 @@ pub struct ParseError {
     pub message: String,
 }
 
-const CLIENT_TYPES: &[&str] = &["hello", "call", "accept", "reject", "hangup", "signal", "mark_read", "ping"];
+const CLIENT_TYPES: &[&str] = &["hello", "call", "accept", "reject", "hangup", "signal", "mark_read", "ping", "idle"];
 
 impl ClientToNode {
     /// Parses one text frame. Distinguishes malformed JSON, an unknown
@@ -517,6 +545,7 @@ impl ClientToNode {
             | Self::Hangup { id, .. }
             | Self::Signal { id, .. }
             | Self::MarkRead { id, .. }
+            | Self::Idle { id, .. }
             | Self::Ping { id } => *id,
         }
     }

@@ -378,6 +378,13 @@ impl Switchboard {
         self.users.get(user).map_or(0, BTreeSet::len)
     }
 
+    /// Whether any device of `user` (online or in grace) is a party of a
+    /// call, placing or connected: what presence shows as "in a call".
+    pub fn in_call(&self, user: &Address) -> bool {
+        let devices = &self.devices;
+        self.users.get(user).into_iter().flatten().any(|d| devices.get(d).is_some_and(|s| s.call.is_some()))
+    }
+
     /// The remote party of a call that crosses nodes, if `call` is one.
     pub fn remote_party(&self, call: &CallId) -> Option<&Address> {
         let c = self.calls.get(call)?;

@@ -6,27 +6,12 @@
 //     artifacts: "/path/for/screenshots" }
 // Prints one JSON line of measurements and exits 0, or prints the failure
 // and exits 1. Every browser is closed on the way out, pass or fail.
-import { chromium } from 'playwright-core';
+import { WAIT, launch, login, main } from './common.mjs';
 import { mkdirSync } from 'node:fs';
 
 const cfg = JSON.parse(process.env.XARXA_BROWSER_TEST);
-const WAIT = 20_000;
-const browsers = [];
 
-async function browser() {
-  const b = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-      '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
-      '--ignore-certificate-errors',
-    ],
-  });
-  browsers.push(b);
-  return b;
-}
+const browser = launch;
 
 async function open(b, who) {
   const ctx = await b.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 760 } });
@@ -35,15 +20,6 @@ async function open(b, who) {
   page.on('pageerror', (e) => console.error(`[${who.name}] page error: ${e.message}`));
   await page.goto(`${who.url}/?ice=${cfg.ice}`);
   return { ctx, page };
-}
-
-async function login(page, who) {
-  await page.waitForSelector('#screen-login:not([hidden])', { timeout: WAIT });
-  await page.fill('#login-name', who.name);
-  await page.fill('#login-password', who.password);
-  await page.click('#login-btn');
-  await page.waitForSelector('#screen-home:not([hidden])', { timeout: WAIT });
-  await page.waitForFunction(() => document.querySelector('#conn-state').dataset.state === 'online', null, { timeout: WAIT });
 }
 
 async function stats(page) {
@@ -147,13 +123,4 @@ async function run() {
   console.log(JSON.stringify({ ok: true, caller: sa, callee: sb, tabs: tabs.length }));
 }
 
-let code = 0;
-try {
-  await run();
-} catch (e) {
-  console.error(`browser test failed: ${e.stack || e}`);
-  code = 1;
-} finally {
-  for (const b of browsers) await b.close().catch(() => {});
-}
-process.exit(code);
+await main(run);

@@ -121,6 +121,11 @@ impl Node {
         self.send(reqwest::Method::POST, path, token, Some(Body::Raw(body.into()))).await
     }
 
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Result<Reply> {
+        self.send(reqwest::Method::PUT, path, token, Some(Body::Json(body))).await
+    }
+
     /// `DELETE path`.
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Result<Reply> {
         self.send(reqwest::Method::DELETE, path, token, None).await

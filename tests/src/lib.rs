@@ -29,6 +29,9 @@
 //!   [`Device`] ([`Device::call`], [`Device::accept`],
 //!   [`Device::expect_incoming`], [`Device::expect_ended`], …), and
 //!   [`connect_call`] to set up a call between two devices.
+//! - [`contacts`]: the contacts and presence API on [`Node`]
+//!   ([`Node::contacts`], [`Node::ask_contact`], …) and their events on
+//!   [`Device`] ([`Device::expect_presence`], …).
 //! - [`rogue`]: a rogue mesh node of the test's own key, and the forged
 //!   records it offers.
 //! - Here: the bounds ([`WAIT`], [`START_WAIT`], [`STOP_WAIT`]), the test
@@ -60,6 +63,7 @@
 //! ```
 
 pub mod calls;
+pub mod contacts;
 pub mod device;
 pub mod http;
 pub mod node;

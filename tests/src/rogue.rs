@@ -1,5 +1,6 @@
 //! A rogue zone node: the project's own mesh crate under a key the test
-//! chose, joined to real nodes, and the forged records it offers them.
+//! chose, joined to real nodes, and the forged records it offers them; or
+//! the node of a zone of its own whose requests overstep.
 
 use std::time::Duration;
 
@@ -15,6 +16,18 @@ use crate::{now_ms, Node};
 /// `boot`; returned once it has seen that another node holds `zone`. The
 /// directory holds its records; keep it as long as the mesh.
 pub async fn rogue_mesh(seed: u8, zone: &str, boot: &Node) -> Result<(Mesh, SigningKey, tempfile::TempDir)> {
+    rogue_until(seed, zone, boot, "see it taken", |c| matches!(c, ClaimState::Taken { .. })).await
+}
+
+/// A mesh node with key `[seed; 32]` wanting `zone`, joined through `boot`,
+/// once its claim state passes `ready`.
+async fn rogue_until(
+    seed: u8,
+    zone: &str,
+    boot: &Node,
+    what: &str,
+    ready: impl Fn(&ClaimState) -> bool,
+) -> Result<(Mesh, SigningKey, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let tree = sled::open(dir.path())?.open_tree("mesh")?;
     let key = SigningKey::from_bytes(&[seed; 32]);
@@ -26,13 +39,20 @@ pub async fn rogue_mesh(seed: u8, zone: &str, boot: &Node) -> Result<(Mesh, Sign
     };
     let mesh = Mesh::start(key.clone(), tree, ZoneName::parse(zone)?, config).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !matches!(mesh.status().await.claim, ClaimState::Taken { .. }) {
+    while !ready(&mesh.status().await.claim) {
         if tokio::time::Instant::now() > deadline {
-            bail!("the rogue never saw {zone} taken");
+            bail!("the rogue did not {what} ({zone}) within 20 s");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok((mesh, key, dir))
+}
+
+/// A mesh node with key `[seed; 32]` that holds a zone of its own, `zone`,
+/// joined through `boot`: the node of a zone that misbehaves in the
+/// services (not in the records). Returned once its claim is held.
+pub async fn rogue_zone(seed: u8, zone: &str, boot: &Node) -> Result<(Mesh, SigningKey, tempfile::TempDir)> {
+    rogue_until(seed, zone, boot, "hold it", |c| matches!(c, ClaimState::Held)).await
 }
 
 /// A claim of `zone` by `key`, with a sequence number far ahead of any

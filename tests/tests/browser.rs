@@ -2,8 +2,10 @@
 //! playwright-core from tests/browser/), against real nodes: two people call
 //! with audio and video, media flows both ways (asserted from getStats),
 //! chat crosses the data channel, hang-up ends both sides, history shows the
-//! call; the same across two zones of a mesh; and a callee with three tabs.
-//! Screenshots land in artifacts/browser/.
+//! call; the same across two zones of a mesh; a callee with three tabs;
+//! and contacts with live presence across two zones, a call started from
+//! the contact list (`contacts.mjs`). Screenshots land in
+//! artifacts/browser/.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -21,6 +23,27 @@ fn workspace() -> PathBuf {
 
 /// Runs the browser scenario; returns its measurements.
 fn run_browsers(scenario: &str, caller: (&Node, &str), callee: (&Node, &str), ice: &str) -> Result<Value> {
+    let artifacts = workspace().join("artifacts/browser").join(scenario);
+    let cfg = json!({
+        "scenario": if scenario == "tabs" { "tabs" } else { "call" },
+        "caller": who(caller.0, caller.1),
+        "callee": who(callee.0, callee.1),
+        "ice": ice,
+        "artifacts": artifacts,
+    });
+    let v = run_script("call.mjs", &cfg)?;
+    for shot in ["in-call.png", "history.png"] {
+        assert!(artifacts.join(shot).exists(), "screenshot {shot} saved");
+    }
+    Ok(v)
+}
+
+fn who(n: &Node, name: &str) -> Value {
+    json!({"url": format!("https://{}", n.addr()), "name": name, "password": PASSWORD, "address": n.address(name)})
+}
+
+/// Runs `script` of tests/browser with `cfg`; returns its result line.
+fn run_script(script: &str, cfg: &Value) -> Result<Value> {
     let dir = workspace().join("tests/browser");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !PathBuf::from(&chromium).exists() {
@@ -32,17 +55,8 @@ fn run_browsers(scenario: &str, caller: (&Node, &str), callee: (&Node, &str), ic
             bail!("npm ci in tests/browser failed");
         }
     }
-    let artifacts = workspace().join("artifacts/browser").join(scenario);
-    let who = |n: &Node, name: &str| json!({"url": format!("https://{}", n.addr()), "name": name, "password": PASSWORD, "address": n.address(name)});
-    let cfg = json!({
-        "scenario": if scenario == "tabs" { "tabs" } else { "call" },
-        "caller": who(caller.0, caller.1),
-        "callee": who(callee.0, callee.1),
-        "ice": ice,
-        "artifacts": artifacts,
-    });
     let out = Command::new("node")
-        .arg("call.mjs")
+        .arg(script)
         .current_dir(&dir)
         .env("XARXA_BROWSER_TEST", cfg.to_string())
         .env("CHROMIUM", &chromium)
@@ -50,14 +64,10 @@ fn run_browsers(scenario: &str, caller: (&Node, &str), callee: (&Node, &str), ic
         .context("running node")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("browser scenario {scenario} failed:\n{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+        bail!("browser scenario {script} failed:\n{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
     }
     let line = stdout.lines().last().context("no result line")?;
-    let v: Value = serde_json::from_str(line)?;
-    for shot in ["in-call.png", "history.png"] {
-        assert!(artifacts.join(shot).exists(), "screenshot {shot} saved");
-    }
-    Ok(v)
+    Ok(serde_json::from_str(line)?)
 }
 
 fn assert_media(v: &Value) {
@@ -190,5 +200,31 @@ async fn browsers_on_two_zones_call_across_the_mesh() -> Result<()> {
     .await??;
     assert_media(&v);
     assert_media_stays_on_this_machine(&v);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_and_presence_in_browsers_on_two_zones() -> Result<()> {
+    let env = [("XARXA_MESH__REPUBLISH", "2s"), ("XARXA_TIMEOUTS__PRESENCE_SYNC", "5s")];
+    let a = Node::start("gracia", &env)?;
+    let boot = format!("[\"{}\"]", a.info().mesh.first().context("mesh address")?);
+    let b = Node::start("sants", &[env[0], env[1], ("XARXA_MESH__BOOTSTRAP", boot.as_str())])?;
+    a.register("alba", PASSWORD).await?;
+    b.register("bru", PASSWORD).await?;
+    // Wait until gracia reaches sants' users: two probes become contacts.
+    let probe = a.user("probe").await?;
+    b.register("probe2", PASSWORD).await?;
+    a.ask_contact_when_reachable(&probe.token, &b.address("probe2")).await?;
+    let artifacts = workspace().join("artifacts/browser/contacts");
+    let cfg = json!({ "caller": who(&a, "alba"), "callee": who(&b, "bru"), "artifacts": artifacts });
+    tokio::task::spawn_blocking(move || {
+        let r = run_script("contacts.mjs", &cfg);
+        drop((a, b));
+        r
+    })
+    .await??;
+    for shot in ["contacts.png", "contacts-request.png", "contacts-phone.png"] {
+        assert!(artifacts.join(shot).exists(), "screenshot {shot} saved");
+    }
     Ok(())
 }

@@ -11,6 +11,12 @@
 //!   by the calls service).
 //! - **node**: answered here (zone, version, wall clock; a dial-back to
 //!   the asking zone's claimed addresses, at most one per zone every 10 s).
+//! - **contact**: every step must act for a user (of the sending zone) and
+//!   name a user of this zone; the contacts service checks the rest.
+//! - **presence**: an update must act for a user, and is shown only to
+//!   local users who hold that user as an accepted contact; a sync acts
+//!   for no user, and each pair it names counts only if this node holds
+//!   it accepted too.
 //!
 //! A new service registers its queue in [`Inbound::serve`] and gets a
 //! reader in [`Inbound::spawn`].
@@ -18,6 +24,7 @@
 use std::sync::Arc;
 
 use dht::{Incoming, Mesh, MeshError};
+use signalling::contacts::{ContactService, PresenceAnswer, PresenceNote, PresenceService};
 use signalling::service::{CallService, NodeAnswer, NodeQuery, NodeService};
 use signalling::{EndReason, NodeToNode};
 use tracing::warn;
@@ -31,25 +38,91 @@ use crate::state::AppState;
 const CALL_QUEUE: usize = 1024;
 /// Node questions queued before the mesh answers "busy".
 const NODE_QUEUE: usize = 64;
+/// Contact steps queued before the mesh answers "busy".
+const CONTACT_QUEUE: usize = 256;
+/// Presence notes queued before the mesh answers "busy".
+const PRESENCE_QUEUE: usize = 1024;
 
 /// The queues of the services this node runs on the mesh.
 pub struct Inbound {
     calls: Incoming<CallService>,
     node: Incoming<NodeService>,
+    contacts: Incoming<ContactService>,
+    presence: Incoming<PresenceService>,
 }
 
 impl Inbound {
     /// Registers every service with the mesh (before the node publishes
     /// anything, so no request finds a service missing).
     pub fn serve(mesh: &Mesh) -> Result<Self, MeshError> {
-        Ok(Self { calls: mesh.serve::<CallService>(CALL_QUEUE)?, node: mesh.serve::<NodeService>(NODE_QUEUE)? })
+        Ok(Self {
+            calls: mesh.serve::<CallService>(CALL_QUEUE)?,
+            node: mesh.serve::<NodeService>(NODE_QUEUE)?,
+            contacts: mesh.serve::<ContactService>(CONTACT_QUEUE)?,
+            presence: mesh.serve::<PresenceService>(PRESENCE_QUEUE)?,
+        })
     }
 
     /// Starts one reader per service; each runs until the mesh stops.
     pub fn spawn(self, state: Arc<AppState>) {
         tokio::spawn(serve_calls(state.clone(), self.calls));
+        tokio::spawn(serve_contacts(state.clone(), self.contacts));
+        tokio::spawn(serve_presence(state.clone(), self.presence));
         tokio::spawn(serve_node(state, self.node));
     }
+}
+
+/// Hands contact steps to the contacts service, each on a task of its
+/// own (a step writes and flushes; one slow pair does not hold the rest).
+async fn serve_contacts(state: Arc<AppState>, mut inbound: Incoming<ContactService>) {
+    while let Some(req) = inbound.recv().await {
+        let Some(from) = req.acting_for() else {
+            req.reply.refuse("a contact step acts for a user").await;
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let answer = state.contacts.from_node(&from, req.request).await;
+            req.reply.answer(answer.map_err(|e| e.to_string())).await;
+        });
+    }
+}
+
+/// Hands presence notes to the presence service.
+async fn serve_presence(state: Arc<AppState>, mut inbound: Incoming<PresenceService>) {
+    use crate::services::presence::Command as P;
+    while let Some(req) = inbound.recv().await {
+        let dht::Inbound { zone, user, request, reply, .. } = req;
+        match request {
+            PresenceNote::Update { presence } => {
+                let Some(from) = req_user(&zone, user) else {
+                    reply.refuse("a presence update acts for a user").await;
+                    continue;
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                state.presence.send(P::Remote { from, presence, reply: tx }).await;
+                tokio::spawn(async move {
+                    let shown_to = rx.await.unwrap_or(0);
+                    reply.ok(PresenceAnswer::Taken { shown_to }).await;
+                });
+            }
+            PresenceNote::Sync { pairs, presence } => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                state.presence.send(P::Sync { zone, pairs, presence, reply: tx }).await;
+                tokio::spawn(async move {
+                    match rx.await {
+                        Ok(answer) => reply.ok(answer).await,
+                        Err(_) => reply.refuse("presence service unavailable").await,
+                    }
+                });
+            }
+            _ => reply.refuse("this node does not know that note").await,
+        }
+    }
+}
+
+fn req_user(zone: &signalling::ZoneName, user: Option<signalling::UserName>) -> Option<signalling::Address> {
+    user.map(|name| signalling::Address::new(name, zone.clone()))
 }
 
 /// Hands call requests to the calls service, in the order they came.

@@ -19,6 +19,7 @@ use tracing::warn;
 
 use crate::services::accounts::{AccountError, Authed};
 use crate::services::calls::Command;
+use crate::services::contacts::ContactError;
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -32,6 +33,9 @@ pub enum ApiError {
     /// From the store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// From the contacts service.
+    #[error(transparent)]
+    Contact(#[from] ContactError),
     /// Malformed body, path or query.
     #[error("{0}")]
     BadRequest(String),
@@ -70,8 +74,29 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Contact(e) => contact_status(e),
             Self::Account(_) | Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
+    }
+}
+
+fn contact_status(e: &ContactError) -> (StatusCode, &'static str) {
+    use ContactError as C;
+    match e {
+        C::InvalidAddress(_) => (StatusCode::BAD_REQUEST, "invalid_address"),
+        C::OwnAddress => (StatusCode::BAD_REQUEST, "own_address"),
+        C::UnknownUser => (StatusCode::NOT_FOUND, "unknown_user"),
+        C::UnknownZone => (StatusCode::NOT_FOUND, "unknown_zone"),
+        C::Unreachable(_) => (StatusCode::BAD_GATEWAY, "unreachable"),
+        C::Refused(_) => (StatusCode::BAD_GATEWAY, "refused"),
+        C::AlreadyContact => (StatusCode::CONFLICT, "already_contact"),
+        C::AlreadyRequested => (StatusCode::CONFLICT, "already_requested"),
+        C::Busy => (StatusCode::CONFLICT, "busy"),
+        C::NoSuchRequest => (StatusCode::NOT_FOUND, "no_such_request"),
+        C::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        C::Full(_) => (StatusCode::FORBIDDEN, "limit_reached"),
+        C::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        C::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 
@@ -85,7 +110,8 @@ impl IntoResponse for ApiError {
             self.to_string()
         };
         let mut resp = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
-        if let Self::Account(AccountError::RateLimited(after)) = &self {
+        if let Self::Account(AccountError::RateLimited(after)) | Self::Contact(ContactError::RateLimited(after)) = &self
+        {
             if let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string()) {
                 resp.headers_mut().insert(RETRY_AFTER, v);
             }
@@ -121,13 +147,15 @@ impl From<QueryRejection> for ApiError {
 #[from_request(via(Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
+/// A path parameter whose rejection is a typed [`ApiError`].
 #[derive(FromRequestParts)]
 #[from_request(via(Path), rejection(ApiError))]
-struct ApiPath<T>(T);
+pub struct ApiPath<T>(pub T);
 
+/// A query string whose rejection is a typed [`ApiError`].
 #[derive(FromRequestParts)]
 #[from_request(via(Query), rejection(ApiError))]
-struct ApiQuery<T>(T);
+pub struct ApiQuery<T>(pub T);
 
 /// The authenticated caller, from `Authorization: Bearer <token>`.
 pub struct Auth(pub Authed);
@@ -168,6 +196,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/invites", get(list_invites).post(create_invite))
         .route("/api/v1/notices", get(notices))
         .route("/api/v1/notices/{id}/read", post(read_notice))
+        .merge(crate::api::contacts::routes())
         .route("/api/v1/ws", get(crate::api::ws::upgrade))
         .route("/api/v1/ice", get(ice_servers))
         .fallback(|| async { ApiError::NotFound })

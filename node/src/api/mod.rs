@@ -5,19 +5,22 @@
 //!
 //! - [`http`]: the HTTPS API: every route ([`http::router`]) and the typed
 //!   API errors.
+//! - [`contacts`]: the contacts and presence routes of the HTTPS API.
 //! - [`ws`]: the signalling WebSocket, one per device.
 //! - [`web`]: the embedded web client.
 //! - [`metrics`]: `/metrics` for Prometheus.
 //! - [`admin`]: the admin Unix socket (`xarxa user …`, `xarxa status`), and
 //!   the same operations run by the CLI on the database when no node runs.
 //! - [`federation`]: the edge toward other nodes: checks inbound mesh
-//!   signalling and hands it to the calls service.
+//!   requests and hands each to its service.
 //!
-//! A new route is a handler in [`http`] (documented as ``# `GET /path` ``)
-//! that calls one service; a new way in (another socket or protocol) is a
-//! new module here.
+//! A new route is a handler (documented as ``# `GET /path` ``) that calls
+//! one service: in [`http`], or, for a domain of its own, in a module like
+//! [`contacts`] whose `routes()` the router merges. A new way in (another
+//! socket or protocol) is a new module here.
 
 pub mod admin;
+pub mod contacts;
 pub mod federation;
 pub mod http;
 pub mod metrics;

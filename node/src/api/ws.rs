@@ -292,6 +292,10 @@ impl Connection {
             ClientToNode::Ping { id } => {
                 let _ = tx.send(send(NodeToClient::Pong { id })).await;
             }
+            ClientToNode::Idle { id, idle } => {
+                self.state.calls.send(Command::Idle { device: device.clone(), idle }).await;
+                let _ = tx.send(send(NodeToClient::Ok { id })).await;
+            }
             ClientToNode::MarkRead { id, notice } => {
                 let reply = match self.state.store.mark_notice_read(user.name.as_str(), notice) {
                     Ok(true) => match self.state.store.flush().await {

@@ -388,7 +388,8 @@ impl Accounts {
 
     /// Deletes an account and everything it owns; returns revoked session ids.
     pub async fn remove(&self, user: &UserName) -> Result<Vec<String>, AccountError> {
-        let revoked = self.store.remove_user(user.as_str())?.ok_or(AccountError::NotFound)?;
+        let address = Address::new(user.clone(), self.zone.clone());
+        let revoked = self.store.remove_user(&address)?.ok_or(AccountError::NotFound)?;
         self.store.flush().await?;
         Ok(revoked)
     }

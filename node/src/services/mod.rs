@@ -5,12 +5,18 @@
 //!
 //! - [`accounts`]: accounts, passwords, sessions, login throttles, invites.
 //! - [`calls`]: the calls service: the switchboard, every device's
-//!   outgoing channel, delivery to other nodes, call history and
-//!   missed-call notices.
+//!   outgoing channel (which other services push events through),
+//!   delivery to other nodes, call history and missed-call notices.
+//! - [`contacts`]: asking, accepting, denying and removing contacts, on
+//!   this zone and across zones.
+//! - [`presence`]: how each user appears to their accepted contacts, here
+//!   and on other zones.
 //!
-//! A new domain gets a module here and its trees a file in `store/`:
-//! contacts in `services/contacts.rs` over `store/contacts.rs`, and so
-//! rooms (`rooms`), messages (`messages`) and files (`files`).
+//! A new domain gets a module here and its trees a file in `store/`, as
+//! contacts have `services/contacts.rs` over `store/contacts.rs`: rooms
+//! (`rooms`), messages (`messages`) and files (`files`) come next.
 
 pub mod accounts;
 pub mod calls;
+pub mod contacts;
+pub mod presence;

@@ -4,7 +4,10 @@
 //! Trees: `meta` (schema version, id counter), `users` (name → [`UserRecord`]),
 //! `sessions` (SHA-256 of token → [`SessionRecord`]), `session_ids`
 //! (user \0 session id → token hash), `history` (user \0 id → entry),
-//! `notices` (user \0 id → notice), `invites` (code → [`InviteRecord`]).
+//! `notices` (user \0 id → notice), `invites` (code → [`InviteRecord`]),
+//! `contacts` (user \0 address → [`ContactRecord`]) with its index
+//! `contact_holders` (address \0 user → state), `presence` (user →
+//! [`PresenceSetting`]).
 //! Values are JSON. Writes a caller acknowledges are followed by
 //! [`Store::flush`], so they survive a crash.
 //!
@@ -19,7 +22,8 @@
 //! flushing, errors, the tree handles) and the helpers every domain uses
 //! (JSON values, `user \0 …` keys). Each domain's trees have a file of
 //! `impl Store` blocks: `users.rs`, `sessions.rs` (with `session_ids`),
-//! `history.rs` (history and notices), `invites.rs`, and `mesh.rs` (the
+//! `history.rs` (history and notices), `invites.rs`, `contacts.rs`
+//! (contacts, their index and presence settings), and `mesh.rs` (the
 //! `mesh_records` tree, whose contents the dht crate owns). A new domain
 //! adds its trees to [`Store`] and a file here.
 
@@ -29,6 +33,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::TransactionError;
 
 pub mod backup;
+mod contacts;
 mod history;
 mod invites;
 mod mesh;
@@ -36,6 +41,7 @@ mod migrate;
 mod sessions;
 mod users;
 
+pub use contacts::{ContactChange, ContactRecord, PresenceSetting};
 pub use invites::InviteRecord;
 pub use migrate::Migrated;
 pub use sessions::SessionRecord;
@@ -94,6 +100,9 @@ pub struct Store {
     history: sled::Tree,
     notices: sled::Tree,
     invites: sled::Tree,
+    contacts: sled::Tree,
+    contact_holders: sled::Tree,
+    presence: sled::Tree,
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -160,6 +169,9 @@ impl Store {
             history: db.open_tree("history")?,
             notices: db.open_tree("notices")?,
             invites: db.open_tree("invites")?,
+            contacts: db.open_tree("contacts")?,
+            contact_holders: db.open_tree("contact_holders")?,
+            presence: db.open_tree("presence")?,
             gate: std::sync::Arc::default(),
             meta,
             db,

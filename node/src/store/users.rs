@@ -51,9 +51,12 @@ impl Store {
         Ok(true)
     }
 
-    /// Deletes an account with its sessions, history and notices. Returns
-    /// the revoked session ids, or `None` if there was no such user.
-    pub fn remove_user(&self, name: &str) -> Result<Option<Vec<String>>, StoreError> {
+    /// Deletes the account of `address` (a user of this zone) with its
+    /// sessions, history, notices and contacts (and every local user's
+    /// contact of it). Returns the revoked session ids, or `None` if there
+    /// was no such user.
+    pub fn remove_user(&self, address: &signalling::Address) -> Result<Option<Vec<String>>, StoreError> {
+        let name = address.name.as_str();
         let _w = self.writing();
         if self.users.remove(name.as_bytes())?.is_none() {
             return Ok(None);
@@ -64,6 +67,7 @@ impl Store {
                 tree.remove(k?)?;
             }
         }
+        self.remove_contacts_of_held(name, address)?;
         Ok(Some(revoked))
     }
 }

@@ -11,6 +11,12 @@
 //! A call that crosses nodes gets a delivery task of its own, which
 //! resolves the other node and carries the call's messages to it in order
 //! (`remote.rs`).
+//!
+//! Other services reach devices through it too: [`Command::Push`] sends an
+//! event to every online device of some users (a contact's presence, a
+//! room's message), and the service tells the presence service whenever a
+//! user's devices come, go, fall idle or enter or leave a call
+//! ([`Activity`]).
 
 mod remote;
 
@@ -25,6 +31,7 @@ use signalling::service::CallService;
 use signalling::{
     Address, CallId, CallRecord, ClientToNode, Config as SbConfig, DeviceId, EndReason, ErrorCode, HistoryEntry,
     HistoryKind, Input, Media, NodeToClient, NodeToNode, Notice, Output, RequestId, Route, Stats, Switchboard, Time,
+    UserName, ZoneName,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -150,6 +157,21 @@ pub enum Command {
         /// What to tell the caller.
         reason: EndReason,
     },
+    /// Send `text` (a [`NodeToClient`] event) to every online device of
+    /// each of `users` (of this zone).
+    Push {
+        /// The users.
+        users: Vec<UserName>,
+        /// The frame.
+        text: String,
+    },
+    /// The person at `device` is idle, or back.
+    Idle {
+        /// The device.
+        device: DeviceId,
+        /// Idle now.
+        idle: bool,
+    },
     /// Report counts.
     Stats {
         /// Where to send them.
@@ -173,7 +195,24 @@ pub struct Calls {
     tx: mpsc::Sender<Command>,
 }
 
+/// What the presence service hears of a user's devices: sent whenever one
+/// of these changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Activity {
+    /// Devices connected (or in their grace period after a drop).
+    pub devices: usize,
+    /// Every online device is idle.
+    pub idle: bool,
+    /// A device is in a call.
+    pub in_call: bool,
+}
+
+/// Where [`Activity`] goes: the presence service's inbox.
+pub type ActivitySink = mpsc::UnboundedSender<(UserName, Activity)>;
+
 struct Conn {
+    user: Address,
+    idle: bool,
     session: String,
     expires_at_ms: u64,
     conn: u64,
@@ -205,6 +244,12 @@ struct Actor {
     /// Set once shutting down: until when running calls may go on, and
     /// whom to tell when done.
     closing: Option<(Instant, oneshot::Sender<()>)>,
+    zone: ZoneName,
+    /// Users whose activity may have changed this turn.
+    touched: std::collections::HashSet<Address>,
+    /// The activity last told, per user with devices.
+    told: HashMap<Address, Activity>,
+    activity: Option<ActivitySink>,
 }
 
 /// How long a shutdown waits for the last messages to other nodes.
@@ -219,14 +264,17 @@ pub fn random_id(prefix: &str) -> String {
 
 impl Calls {
     /// Starts the service; it runs until every handle is dropped.
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         store: Store,
         mesh: Option<Mesh>,
+        zone: ZoneName,
         ring: Duration,
         grace: Duration,
         max_devices: usize,
         max_history: usize,
         metrics: Metrics,
+        activity: Option<ActivitySink>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let actor = Actor {
@@ -249,6 +297,10 @@ impl Calls {
             metrics,
             deliveries: tokio::task::JoinSet::new(),
             closing: None,
+            zone,
+            touched: Default::default(),
+            told: HashMap::new(),
+            activity,
         };
         tokio::spawn(actor.run(rx));
         Self { tx }
@@ -267,6 +319,13 @@ impl Calls {
         let (done, rx) = oneshot::channel();
         self.send(Command::Shutdown { grace, done }).await;
         let _ = rx.await;
+    }
+
+    /// Sends `msg` to every online device of each of `users`.
+    pub async fn push(&self, users: Vec<UserName>, msg: &NodeToClient) {
+        if !users.is_empty() {
+            self.send(Command::Push { users, text: msg.to_json() }).await;
+        }
     }
 
     /// Current counts.
@@ -367,6 +426,37 @@ impl Actor {
         for (device, out) in std::mem::take(&mut self.pending) {
             self.deliver(device, out);
         }
+        self.tell_activity();
+    }
+
+    /// Tells the presence service of every touched user whose activity
+    /// changed.
+    fn tell_activity(&mut self) {
+        for user in std::mem::take(&mut self.touched) {
+            let devices = self.sb.device_count(&user);
+            let mut online = self.sb.online_devices(&user).peekable();
+            let any_online = online.peek().is_some();
+            let idle = any_online && online.all(|d| self.conns.get(d).is_some_and(|c| c.idle));
+            let now = Activity { devices, idle, in_call: devices > 0 && self.sb.in_call(&user) };
+            let before = self.told.get(&user).copied().unwrap_or_default();
+            if now == before {
+                continue;
+            }
+            if devices == 0 {
+                self.told.remove(&user);
+            } else {
+                self.told.insert(user.clone(), now);
+            }
+            if let Some(sink) = &self.activity {
+                let _ = sink.send((user.name, now));
+            }
+        }
+    }
+
+    fn touch(&mut self, device: &DeviceId) {
+        if let Some(c) = self.conns.get(device) {
+            self.touched.insert(c.user.clone());
+        }
     }
 
     fn deliver(&mut self, device: DeviceId, out: Outgoing) {
@@ -387,6 +477,7 @@ impl Actor {
                 let _ = tx.try_send(Outgoing::Close(1008, "too slow"));
             }
             conn.tx = None;
+            self.touched.insert(conn.user.clone());
             let now = self.now();
             self.sb.handle_input(now, Input::DeviceLost { device });
             self.drain();
@@ -394,6 +485,7 @@ impl Actor {
     }
 
     fn queue(&mut self, device: &DeviceId, msg: &NodeToClient) {
+        self.touch(device);
         if let NodeToClient::Ringing { call } = msg {
             if let Some(placed) = self.dialed.remove(call) {
                 self.metrics.call_set_up(Duration::from_millis(self.now().since(placed)));
@@ -418,6 +510,7 @@ impl Actor {
                     return; // An older socket of a device that has since resumed.
                 }
                 c.tx = None;
+                self.touched.insert(c.user.clone());
                 self.sb.handle_input(now, Input::DeviceLost { device });
             }
             Command::Dial { device, id, .. } if self.closing.is_some() => {
@@ -437,6 +530,7 @@ impl Actor {
                 let gone: Vec<DeviceId> =
                     self.conns.iter().filter(|(_, c)| ids.contains(&c.session)).map(|(d, _)| d.clone()).collect();
                 for d in gone {
+                    self.touch(&d);
                     // Close now: the device is forgotten below, so a queued
                     // frame would find no connection to go to.
                     if let Some(tx) = self.conns.get_mut(&d).and_then(|c| c.tx.take()) {
@@ -447,6 +541,21 @@ impl Actor {
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.sb.stats());
+            }
+            Command::Push { users, text } => {
+                for name in users {
+                    let user = Address::new(name, self.zone.clone());
+                    let devices: Vec<DeviceId> = self.sb.online_devices(&user).cloned().collect();
+                    for d in devices {
+                        self.pending.push((d, Outgoing::Text(text.clone())));
+                    }
+                }
+            }
+            Command::Idle { device, idle } => {
+                if let Some(c) = self.conns.get_mut(&device) {
+                    c.idle = idle;
+                    self.touched.insert(c.user.clone());
+                }
             }
             Command::Shutdown { grace, done } => {
                 info!(grace_ms = grace.as_millis() as u64, "calls: shutting down");
@@ -526,7 +635,10 @@ impl Actor {
             }
             None => VecDeque::new(),
         };
-        self.conns.insert(device.clone(), Conn { session, expires_at_ms, conn, tx: Some(tx), held: VecDeque::new() });
+        self.touched.insert(user.clone());
+        let conn =
+            Conn { user: user.clone(), idle: false, session, expires_at_ms, conn, tx: Some(tx), held: VecDeque::new() };
+        self.conns.insert(device.clone(), conn);
         self.queue(&device, &NodeToClient::Welcome { id: hello, device: device.clone(), user: user.clone(), resumed });
         for text in held {
             self.pending.push((device.clone(), Outgoing::Text(text)));
@@ -568,7 +680,9 @@ impl Actor {
                 }
                 Output::ToNode { peer, msg } => self.send_node(peer, msg),
                 Output::DeviceRemoved { device } => {
-                    self.conns.remove(&device);
+                    if let Some(c) = self.conns.remove(&device) {
+                        self.touched.insert(c.user);
+                    }
                 }
                 _ => {}
             }
