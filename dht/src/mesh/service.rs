@@ -212,7 +212,8 @@ impl Mesh {
 
     /// Sends `request` of service `S` to `peer`, acting for `user` of this
     /// zone (if any), dialling `addrs` if not connected; waits for the
-    /// answer, trying again on a transport failure.
+    /// answer, trying again (with backoff) on a transport failure or a
+    /// [`Refusal::Busy`].
     pub async fn request<S: Service>(
         &self,
         peer: PeerId,
@@ -234,6 +235,11 @@ impl Mesh {
                 Ok(NodeReply::Ok { body }) => {
                     self.shared.delivered.fetch_add(1, Ordering::Relaxed);
                     return serde_json::from_str(body.get()).map_err(|e| RouteError::BadReply(e.to_string()));
+                }
+                // Busy (its queue, or its checks of a peer new to it, are
+                // full) is "not now": tried again like a transport failure.
+                Ok(NodeReply::Refused { code: Refusal::Busy, reason }) if attempt < self.config.retries => {
+                    last = reason;
                 }
                 Ok(NodeReply::Refused { code, reason }) => {
                     self.shared.failed.fetch_add(1, Ordering::Relaxed);

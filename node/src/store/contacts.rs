@@ -106,6 +106,7 @@ impl Store {
     /// Applies `changes` in one transaction: all or none.
     pub fn write_contacts(&self, changes: &[ContactChange<'_>]) -> Result<(), StoreError> {
         let _w = self.writing();
+        let _t = self.transacting();
         (&self.contacts, &self.contact_holders)
             .transaction(|(contacts, holders)| {
                 for (user, address, rec) in changes {
@@ -175,6 +176,45 @@ mod tests {
 
     fn addr(s: &str) -> Address {
         Address::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Transactions and flushes from many tasks at once all finish: sled
+    /// stalls for good when a transaction starts during a flush, unless
+    /// the store keeps them apart (`Store::transacting`).
+    #[test]
+    fn transactions_and_flushes_at_once_never_stall() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let writer = store.clone();
+        // A stalled sled blocks the runtime's own threads (and its timers),
+        // so the bound is kept from outside: this thread's channel.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
+            rt.block_on(async {
+                let mut tasks = tokio::task::JoinSet::new();
+                for i in 0..64 {
+                    let store = writer.clone();
+                    tasks.spawn(async move {
+                        let (user, other) = (name(&format!("u{i}")), addr(&format!("v{i}@sants")));
+                        for round in 0..20 {
+                            let rec = ContactRecord { state: ContactState::Accepted, since_ms: round };
+                            store.write_contacts(&[(&user, &other, Some(rec))]).unwrap_or_else(|e| panic!("{e}"));
+                            store.flush().await.unwrap_or_else(|e| panic!("{e}"));
+                        }
+                    });
+                }
+                while tasks.join_next().await.is_some() {}
+            });
+            let _ = done_tx.send(());
+        });
+        let done = done_rx.recv_timeout(std::time::Duration::from_secs(60));
+        assert!(done.is_ok(), "writes and flushes stalled");
+        assert_eq!(store.holders(&addr("v7@sants")).unwrap_or_else(|e| panic!("{e}")).len(), 1);
     }
 
     #[test]

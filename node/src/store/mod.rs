@@ -93,6 +93,15 @@ pub struct Store {
     db: sled::Db,
     /// Shared by writers, taken whole by a backup.
     gate: std::sync::Arc<parking_lot::RwLock<()>>,
+    /// Keeps sled's transactions apart from its flushes. A sled
+    /// transaction takes sled's process-wide lock exclusively and waits
+    /// for every holder; a flush holds that lock shared while it waits for
+    /// the log to reach the disk, and sled's log flusher needs it shared
+    /// to get it there. A transaction that starts during a flush stalls all
+    /// three for good (seen with 25 contact accepts at once). So a flush
+    /// holds this lock shared and a transaction holds it whole
+    /// ([`Store::transacting`]): the two never overlap.
+    tx_gate: std::sync::Arc<parking_lot::RwLock<()>>,
     meta: sled::Tree,
     users: sled::Tree,
     sessions: sled::Tree,
@@ -173,6 +182,7 @@ impl Store {
             contact_holders: db.open_tree("contact_holders")?,
             presence: db.open_tree("presence")?,
             gate: std::sync::Arc::default(),
+            tx_gate: std::sync::Arc::default(),
             meta,
             db,
         };
@@ -209,14 +219,33 @@ impl Store {
         self.gate.read()
     }
 
-    /// Makes every write so far durable.
+    /// Held whole around every sled transaction, so that none starts
+    /// while a flush runs (see `tx_gate`). Take it inside
+    /// [`Store::writing`], never the other way round.
+    fn transacting(&self) -> parking_lot::RwLockWriteGuard<'_, ()> {
+        self.tx_gate.write()
+    }
+
+    /// Makes every write so far durable, on one of tokio's blocking
+    /// threads. Not sled's `flush_async`: that runs on sled's own small
+    /// thread pool, and many of them at once with transactions stalled the
+    /// store for good (the test `transactions_and_flushes_at_once_never_stall`
+    /// hangs with it).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let (db, gate) = (self.db.clone(), self.tx_gate.clone());
+        let flushed = tokio::task::spawn_blocking(move || {
+            let _f = gate.read();
+            db.flush()
+        })
+        .await
+        .map_err(|e| StoreError::Db(sled::Error::ReportableBug(format!("flush task: {e}"))))?;
+        flushed?;
         Ok(())
     }
 
     /// Makes every write so far durable, blocking.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        let _f = self.tx_gate.read();
         self.db.flush()?;
         Ok(())
     }

@@ -34,13 +34,16 @@ impl Store {
         max: usize,
     ) -> Result<Vec<String>, StoreError> {
         let _w = self.writing();
-        (&self.sessions, &self.session_ids)
-            .transaction(|(s, ids)| {
-                s.insert(&token_hash[..], enc(rec))?;
-                ids.insert(user_str_key(&rec.user, &rec.id), &token_hash[..])?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(tx_err)?;
+        {
+            let _t = self.transacting();
+            (&self.sessions, &self.session_ids)
+                .transaction(|(s, ids)| {
+                    s.insert(&token_hash[..], enc(rec))?;
+                    ids.insert(user_str_key(&rec.user, &rec.id), &token_hash[..])?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(tx_err)?;
+        }
         let mut all = self.sessions_of(&rec.user)?;
         let mut revoked = Vec::new();
         if all.len() > max {
@@ -91,6 +94,7 @@ impl Store {
     fn revoke_session_held(&self, user: &str, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         let key = user_str_key(user, id);
         let Some(hash) = self.session_ids.get(&key)? else { return Ok(None) };
+        let _t = self.transacting();
         let old = (&self.sessions, &self.session_ids)
             .transaction(|(s, ids)| {
                 ids.remove(key.as_slice())?;

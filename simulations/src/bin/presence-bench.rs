@@ -38,6 +38,17 @@ const ZONES: usize = 5;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    let mut nodes = Vec::new();
+    let result = run(&args, &mut nodes).await;
+    if result.is_err() {
+        for n in &nodes {
+            eprintln!("--- {} ---\n{}", n.zone(), n.log_tail(40));
+        }
+    }
+    result
+}
+
+async fn run(args: &Args, nodes: &mut Vec<Node>) -> Result<()> {
     let env = [
         ("XARXA_LOG", "warn"),
         ("XARXA_LIMITS__WS_MESSAGES_PER_SECOND", "10000"),
@@ -49,7 +60,7 @@ async fn main() -> Result<()> {
     ];
     let z0 = Node::start("z0", &env)?;
     let boot = format!("[\"{}\"]", z0.info().mesh.first().context("mesh address")?);
-    let mut nodes = vec![z0];
+    nodes.push(z0);
     for i in 1..ZONES {
         let mut e = env.to_vec();
         e.push(("XARXA_MESH__BOOTSTRAP", boot.as_str()));
@@ -146,7 +157,7 @@ async fn main() -> Result<()> {
         p99s.get(p99s.len() / 2).copied().unwrap_or_default(),
         p99s.last().copied().unwrap_or_default(),
     );
-    if let Some(path) = args.json {
+    if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&serde_json::json!({"all": total, "rounds": rounds}))?)?;
     }
     Ok(())
