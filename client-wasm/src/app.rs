@@ -156,6 +156,7 @@ fn wire_ui() {
         send_chat();
     });
     crate::contacts::wire();
+    crate::profile::wire();
     on("history-clear-btn", "click", |_| {
         wasm_bindgen_futures::spawn_local(async {
             let token = with(|a| a.token.clone());
@@ -347,6 +348,7 @@ fn handle(msg: NodeToClient) {
             banner("", "");
             wasm_bindgen_futures::spawn_local(async {
                 crate::contacts::load().await;
+                crate::profile::load_own().await;
                 load_history().await;
                 load_ice().await;
             });

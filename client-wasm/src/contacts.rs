@@ -34,7 +34,8 @@ fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
     STATE.with(|s| f(&mut s.borrow_mut()))
 }
 
-fn path_of(address: &Address) -> String {
+/// `address` as one path segment (`bob%40sants`).
+pub(crate) fn path_of(address: &Address) -> String {
     address.to_string().replace('@', "%40")
 }
 
@@ -203,11 +204,28 @@ fn render() {
         match c.state {
             ContactState::Accepted => {
                 let p = c.presence.clone().unwrap_or_default();
+                crate::profile::want(&c.address, p.profile_v, render);
                 let label = say::presence(p.state);
                 let dot = dom::make("span", &format!("dot {}", presence_class(p.state)), "");
                 let _ = dot.set_attribute("aria-hidden", "true");
                 let _ = li.append_child(&dot);
-                let who = dom::make("span", "who", &addr);
+                let held = crate::profile::held(&c.address).unwrap_or_default();
+                if let Some(url) = &held.avatar_url {
+                    let img = dom::make("img", "avatar", "");
+                    let _ = img.set_attribute("src", url);
+                    let _ = img.set_attribute("alt", "");
+                    let _ = li.append_child(&img);
+                }
+                let who = dom::make("span", "who", "");
+                if held.profile.nickname.is_empty() {
+                    who.set_text_content(Some(&addr));
+                } else {
+                    let _ = who.append_child(&dom::make("strong", "nickname", &held.profile.nickname));
+                    let _ = who.append_child(&dom::make("span", "address muted", &format!(" {addr}")));
+                }
+                if !held.profile.description.is_empty() {
+                    let _ = who.set_attribute("title", &held.profile.description);
+                }
                 if !p.status.is_empty() {
                     let _ = who.append_child(&dom::make("span", "status muted", &format!(" — {}", p.status)));
                 }

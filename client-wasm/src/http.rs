@@ -29,15 +29,41 @@ impl Reply {
 
 /// Sends a request to the node that served the page.
 pub async fn call(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Result<Reply, String> {
+    let json = body.map(|b| wasm_bindgen::JsValue::from_str(&b.to_string()));
+    let resp = fetch(method, path, token, json.as_ref(), body.is_some().then_some("application/json")).await?;
+    reply(resp).await
+}
+
+/// Sends `blob` (a file the user picked) as the body.
+pub async fn put_blob(path: &str, token: Option<&str>, blob: &web_sys::Blob) -> Result<Reply, String> {
+    reply(fetch("PUT", path, token, Some(blob.as_ref()), None).await?).await
+}
+
+/// Fetches `path` as a blob (an image), `None` unless 200.
+pub async fn get_blob(path: &str, token: Option<&str>) -> Option<web_sys::Blob> {
+    let resp = fetch("GET", path, token, None, None).await.ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    JsFuture::from(resp.blob().ok()?).await.ok()?.dyn_into().ok()
+}
+
+async fn fetch(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&wasm_bindgen::JsValue>,
+    content_type: Option<&str>,
+) -> Result<Response, String> {
     let opts = RequestInit::new();
     opts.set_method(method);
     if let Some(b) = body {
-        opts.set_body(&wasm_bindgen::JsValue::from_str(&b.to_string()));
+        opts.set_body(b);
     }
     let req = Request::new_with_str_and_init(path, &opts).map_err(|_| "bad request".to_string())?;
     let headers = req.headers();
-    if body.is_some() {
-        let _ = headers.set("Content-Type", "application/json");
+    if let Some(ct) = content_type {
+        let _ = headers.set("Content-Type", ct);
     }
     if let Some(t) = token {
         let _ = headers.set("Authorization", &format!("Bearer {t}"));
@@ -45,7 +71,10 @@ pub async fn call(method: &str, path: &str, token: Option<&str>, body: Option<&V
     let resp = JsFuture::from(window().fetch_with_request(&req))
         .await
         .map_err(|_| "the node cannot be reached".to_string())?;
-    let resp: Response = resp.dyn_into().map_err(|_| "not a response".to_string())?;
+    resp.dyn_into().map_err(|_| "not a response".to_string())
+}
+
+async fn reply(resp: Response) -> Result<Reply, String> {
     let status = resp.status();
     let text = match resp.text() {
         Ok(p) => JsFuture::from(p).await.ok().and_then(|t| t.as_string()).unwrap_or_default(),

@@ -1,7 +1,7 @@
 //! The Xarxa browser client: Rust compiled to WebAssembly. It drives the
 //! static page served by the zone node (`static/index.html`): log in, dial
 //! `name@zone`, ring and answer, WebRTC media and a chat data channel,
-//! history and missed calls, contacts with live presence (`contacts.rs`). It speaks the node's signalling WebSocket with
+//! history and missed calls, contacts with live presence (`contacts.rs`), profiles (`profile.rs`). It speaks the node's signalling WebSocket with
 //! the `signalling` crate's message types.
 //!
 //! Test hooks: `window.xarxaPc` is the current `RTCPeerConnection`,
@@ -21,6 +21,8 @@ mod contacts;
 mod dom;
 #[cfg(target_arch = "wasm32")]
 mod http;
+#[cfg(target_arch = "wasm32")]
+mod profile;
 #[cfg(target_arch = "wasm32")]
 mod rtc;
 

@@ -154,6 +154,12 @@ impl Server {
             zone.clone(),
             config.timeouts.presence_sync,
         );
+        let profiles = crate::services::profiles::Profiles::new(
+            store.clone(),
+            mesh.as_ref().map(|(m, _)| m.clone()),
+            zone.clone(),
+            presence.clone(),
+        );
         let contacts = crate::services::contacts::Contacts::new(
             store.clone(),
             mesh.as_ref().map(|(m, _)| m.clone()),
@@ -191,6 +197,7 @@ impl Server {
             calls,
             contacts,
             presence,
+            profiles,
             metrics,
         });
         if let Some(inbound) = inbound {

@@ -15,6 +15,7 @@ use crate::services::accounts::Accounts;
 use crate::services::calls::Calls;
 use crate::services::contacts::Contacts;
 use crate::services::presence::PresenceHub;
+use crate::services::profiles::Profiles;
 use crate::store::Store;
 
 /// Shared state of the running node, given to every handler.
@@ -31,6 +32,8 @@ pub struct AppState {
     pub contacts: Contacts,
     /// The presence service.
     pub presence: PresenceHub,
+    /// The profiles service.
+    pub profiles: Profiles,
     /// The mesh, unless disabled.
     pub mesh: Option<dht::Mesh>,
     /// WebSocket slots (`limits.max_connections`).

@@ -83,6 +83,10 @@ pub struct Presence {
     /// Since when the state holds (ms since the Unix epoch).
     #[serde(default)]
     pub since_ms: u64,
+    /// The version of the user's profile: a contact whose copy is older
+    /// asks for it again.
+    #[serde(default)]
+    pub profile_v: u64,
 }
 
 /// One contact of a user, as the API and the device see it.

@@ -9,6 +9,8 @@
 //! - [`contacts`]: contacts and presence, as devices see them and as
 //!   nodes carry them ([`contacts::ContactService`],
 //!   [`contacts::PresenceService`]).
+//! - [`profiles`]: profiles (nickname, description, avatar) and the
+//!   [`profiles::ProfileService`] that fetches one from another zone.
 //! - [`service`]: node to node: the versioned envelope every request
 //!   between zone nodes travels in, the [`service::Service`] trait a
 //!   feature's node-to-node messages implement, and the first services
@@ -58,6 +60,7 @@
 pub mod address;
 pub mod contacts;
 pub mod msg;
+pub mod profiles;
 pub mod service;
 pub mod switchboard;
 

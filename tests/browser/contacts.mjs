@@ -1,7 +1,8 @@
 // Contacts and presence in two real browsers on two zones, driven only
 // through the visible page: Alice (zone A) adds Bob (zone B) by address,
 // Bob accepts his request, each sees the other online; Bob's availability
-// and status reach Alice live; Alice calls Bob from her contact list; Bob
+// and status reach Alice live; Alice's nickname and picture reach Bob;
+// Alice calls Bob from her contact list; Bob
 // removes Alice and she sees him go. Started by tests/tests/browser.rs
 // with XARXA_BROWSER_TEST = { caller: {url, name, password, address},
 // callee: {…}, artifacts }. Prints one JSON line and exits 0, or prints
@@ -51,6 +52,22 @@ async function run() {
   await bob.click(`#contact-requests li[data-address="${cfg.caller.address}"] button.accept`);
   await presenceIs(alice, cfg.callee.address, 'online');
   await presenceIs(bob, cfg.caller.address, 'online');
+
+  // Alice's profile (nickname, picture) shows on Bob's zone, live.
+  await alice.fill('#profile-nickname', 'Alba de Gràcia');
+  await alice.click('#profile-save-btn');
+  await bob.waitForFunction(
+    (sel) => document.querySelector(sel)?.textContent === 'Alba de Gràcia',
+    `${row(cfg.caller.address)} .nickname`,
+    { timeout: WAIT },
+  );
+  const png = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==', 'base64');
+  await alice.setInputFiles('#avatar-input', { name: 'me.png', mimeType: 'image/png', buffer: png });
+  await alice.waitForSelector('#profile-avatar:not([hidden])', { timeout: WAIT });
+  await bob.waitForSelector(`${row(cfg.caller.address)} img.avatar`, { timeout: WAIT });
+  // A page posing as a picture is refused, with a clear word.
+  await alice.setInputFiles('#avatar-input', { name: 'x.png', mimeType: 'image/png', buffer: Buffer.from('<html><script>alert(1)</script>') });
+  await alice.waitForFunction(() => /PNG, JPEG or WebP/.test(document.querySelector('#profile-note').textContent), null, { timeout: WAIT });
 
   // Bob is busy, with a status: Alice sees both, live.
   await bob.fill('#my-status', 'a la plaça');

@@ -1,7 +1,8 @@
 //! Contacts and presence across two real zone nodes joined by the mesh:
 //! request, accept, live presence (chosen, idle, in a call, offline),
 //! removal that stops presence at once, bad input, a node killed and back
-//! (durability and re-sync), and a rogue node that learns nothing.
+//! (durability and re-sync), a rogue node that learns nothing, and
+//! profiles with avatars seen by contacts on another zone only.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -277,6 +278,96 @@ async fn a_node_learns_no_presence_and_takes_no_step_it_has_no_right_to() -> Res
     let (_, answer) = rogue.send::<PresenceService>(&alice_at, Some(&mallory), &note).await?;
     assert_eq!(answer, PresenceAnswer::Taken { shown_to: 0 }, "a pending request sees and shows no presence");
     ad.expect_no_presence_of("mallory@evil", Duration::from_millis(300)).await?;
+    // Nor a profile: mallory is no accepted contact of Alice's.
+    let ask = signalling::profiles::ProfileQuery::Get { user: alice_at.name.clone() };
+    let (_, answer) = rogue.send::<signalling::profiles::ProfileService>(&alice_at, Some(&mallory), &ask).await?;
+    assert_eq!(answer, signalling::profiles::ProfileAnswer::NotVisible);
     rogue.stop().await;
     a.assert_alive().await
+}
+
+/// A 1×1 PNG.
+const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+
+async fn put_avatar(node: &Node, token: &str, bytes: Vec<u8>) -> Result<(u16, serde_json::Value)> {
+    let r = node.http()?.put(node.url("/api/v1/profile/avatar")).bearer_auth(token).body(bytes).send().await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await.unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_reach_contacts_on_another_zone_and_nobody_else() -> Result<()> {
+    use base64::Engine;
+    let a = start("sarria", None)?;
+    let b = start("pedralbes", Some(&a))?;
+    let alice = a.user("alice").await?;
+    let carol = a.user("carol").await?;
+    let bob = b.user("bob").await?;
+    a.ask_contact_when_reachable(&alice.token, &bob.address).await?;
+    b.accept_contact(&bob.token, &alice.address).await?.expect_status(204)?;
+    let mut bd = b.device(&bob.token, "bob").await?;
+    let _ad = a.device(&alice.token, "alice").await?;
+    bd.expect_presence(&alice.address, PresenceState::Online, WAIT).await?;
+
+    // Alice names herself: Bob's device hears of the new version with her
+    // presence, and his node fetches it from hers.
+    let body = serde_json::json!({"nickname": "Alícia", "description": "de Sarrià"});
+    let mine = a.put("/api/v1/profile", Some(&alice.token), body).await?.expect_status(200)?;
+    let v = mine.body["v"].as_u64().unwrap();
+    let what = "alice's presence with the new profile version";
+    let want = Address::parse(&alice.address)?;
+    bd.expect_event(what, WAIT, |e| {
+        matches!(e, signalling::NodeToClient::Presence { address, presence } if *address == want && presence.profile_v == v)
+    })
+    .await?;
+    let path = format!("/api/v1/contacts/{}/profile?v={v}", alice.address.replace('@', "%40"));
+    let seen = b.get(&path, Some(&bob.token)).await?.expect_status(200)?;
+    assert_eq!((seen.body["nickname"].as_str(), seen.body["v"].as_u64()), (Some("Alícia"), Some(v)), "{}", seen.body);
+
+    // An avatar: checked by its bytes, served only as that image.
+    let png = base64::engine::general_purpose::STANDARD.decode(PNG)?;
+    let (status, p) = put_avatar(&a, &alice.token, png.clone()).await?;
+    assert_eq!((status, p["avatar"].as_str()), (200, Some("image/png")), "{p}");
+    let (status, _) = put_avatar(&a, &alice.token, b"<html><script>alert(1)</script></html>".to_vec()).await?;
+    assert_eq!(status, 400, "a page posing as an avatar is refused");
+    let (status, _) = put_avatar(&a, &alice.token, b"<svg onload=alert(1)>".to_vec()).await?;
+    assert_eq!(status, 400, "SVG is refused");
+    let mut big = png.clone();
+    big.resize(41 * 1024, 0);
+    let (status, _) = put_avatar(&a, &alice.token, big).await?;
+    assert_eq!(status, 413, "an oversized avatar is refused");
+    let url = b.url(&format!("/api/v1/contacts/{}/avatar", alice.address.replace('@', "%40")));
+    let r = b.http()?.get(&url).bearer_auth(&bob.token).send().await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let h = r.headers().clone();
+    assert_eq!(h.get("content-type").and_then(|v| v.to_str().ok()), Some("image/png"));
+    assert_eq!(h.get("x-content-type-options").and_then(|v| v.to_str().ok()), Some("nosniff"));
+    assert!(h.get("content-security-policy").and_then(|v| v.to_str().ok()).is_some_and(|c| c.contains("sandbox")));
+    assert_eq!(r.bytes().await?.to_vec(), png, "the avatar crossed zones intact");
+
+    // Bad input: typed errors, the profile unchanged.
+    let long = serde_json::json!({"nickname": "n".repeat(65)});
+    a.put("/api/v1/profile", Some(&alice.token), long).await?.expect_error(400, "bad_request")?;
+    let nl = serde_json::json!({"nickname": "two\nlines"});
+    a.put("/api/v1/profile", Some(&alice.token), nl).await?.expect_error(400, "bad_request")?;
+    let own = a.get("/api/v1/profile", Some(&alice.token)).await?.expect_status(200)?;
+    assert_eq!(own.body["nickname"], "Alícia");
+
+    // Nobody else sees it: Carol is on Alice's zone but no contact of Bob.
+    let path = format!("/api/v1/contacts/{}/profile", bob.address.replace('@', "%40"));
+    a.get(&path, Some(&carol.token)).await?.expect_error(404, "not_found")?;
+    let path = format!("/api/v1/contacts/{}/avatar", alice.address.replace('@', "%40"));
+    a.get(&path, Some(&carol.token)).await?.expect_error(404, "not_found")?;
+    a.get("/api/v1/profile", None).await?.expect_error(401, "invalid_token")?;
+
+    // A change reaches Bob again; once removed, Bob sees nothing more.
+    let body = serde_json::json!({"nickname": "Alícia G.", "description": ""});
+    let v2 = a.put("/api/v1/profile", Some(&alice.token), body).await?.expect_status(200)?.body["v"].as_u64().unwrap();
+    assert!(v2 > v);
+    let path = format!("/api/v1/contacts/{}/profile?v={v2}", alice.address.replace('@', "%40"));
+    let seen = b.get(&path, Some(&bob.token)).await?.expect_status(200)?;
+    assert_eq!(seen.body["nickname"], "Alícia G.");
+    a.remove_contact(&alice.token, &bob.address).await?.expect_status(204)?;
+    b.get(&path, Some(&bob.token)).await?.expect_error(404, "not_found")?;
+    Ok(())
 }

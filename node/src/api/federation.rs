@@ -17,6 +17,8 @@
 //!   local users who hold that user as an accepted contact; a sync acts
 //!   for no user, and each pair it names counts only if this node holds
 //!   it accepted too.
+//! - **profile**: a question acts for a user, and is answered only about a
+//!   local user who holds that user as an accepted contact.
 //!
 //! A new service registers its queue in [`Inbound::serve`] and gets a
 //! reader in [`Inbound::spawn`].
@@ -25,6 +27,7 @@ use std::sync::Arc;
 
 use dht::{Incoming, Mesh, MeshError};
 use signalling::contacts::{ContactService, PresenceAnswer, PresenceNote, PresenceService};
+use signalling::profiles::{ProfileAnswer, ProfileService};
 use signalling::service::{CallService, NodeAnswer, NodeQuery, NodeService};
 use signalling::{EndReason, NodeToNode};
 use tracing::warn;
@@ -42,6 +45,8 @@ const NODE_QUEUE: usize = 64;
 const CONTACT_QUEUE: usize = 256;
 /// Presence notes queued before the mesh answers "busy".
 const PRESENCE_QUEUE: usize = 1024;
+/// Profile questions queued before the mesh answers "busy".
+const PROFILE_QUEUE: usize = 256;
 
 /// The queues of the services this node runs on the mesh.
 pub struct Inbound {
@@ -49,6 +54,7 @@ pub struct Inbound {
     node: Incoming<NodeService>,
     contacts: Incoming<ContactService>,
     presence: Incoming<PresenceService>,
+    profiles: Incoming<ProfileService>,
 }
 
 impl Inbound {
@@ -60,6 +66,7 @@ impl Inbound {
             node: mesh.serve::<NodeService>(NODE_QUEUE)?,
             contacts: mesh.serve::<ContactService>(CONTACT_QUEUE)?,
             presence: mesh.serve::<PresenceService>(PRESENCE_QUEUE)?,
+            profiles: mesh.serve::<ProfileService>(PROFILE_QUEUE)?,
         })
     }
 
@@ -68,6 +75,7 @@ impl Inbound {
         tokio::spawn(serve_calls(state.clone(), self.calls));
         tokio::spawn(serve_contacts(state.clone(), self.contacts));
         tokio::spawn(serve_presence(state.clone(), self.presence));
+        tokio::spawn(serve_profiles(state.clone(), self.profiles));
         tokio::spawn(serve_node(state, self.node));
     }
 }
@@ -118,6 +126,17 @@ async fn serve_presence(state: Arc<AppState>, mut inbound: Incoming<PresenceServ
             }
             _ => reply.refuse("this node does not know that note").await,
         }
+    }
+}
+
+/// Answers profile questions (from the store: no task of their own).
+async fn serve_profiles(state: Arc<AppState>, mut inbound: Incoming<ProfileService>) {
+    while let Some(req) = inbound.recv().await {
+        let answer = match req.acting_for() {
+            Some(asker) => state.profiles.from_node(&asker, &req.request).map_err(|e| e.to_string()),
+            None => Ok(ProfileAnswer::NotVisible),
+        };
+        req.reply.answer(answer).await;
     }
 }
 

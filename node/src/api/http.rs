@@ -20,6 +20,7 @@ use tracing::warn;
 use crate::services::accounts::{AccountError, Authed};
 use crate::services::calls::Command;
 use crate::services::contacts::ContactError;
+use crate::services::profiles::ProfileError;
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -36,6 +37,9 @@ pub enum ApiError {
     /// From the contacts service.
     #[error(transparent)]
     Contact(#[from] ContactError),
+    /// From the profiles service.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
     /// Malformed body, path or query.
     #[error("{0}")]
     BadRequest(String),
@@ -75,6 +79,7 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Contact(e) => contact_status(e),
+            Self::Profile(e) => profile_status(e),
             Self::Account(_) | Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -97,6 +102,18 @@ fn contact_status(e: &ContactError) -> (StatusCode, &'static str) {
         C::Full(_) => (StatusCode::FORBIDDEN, "limit_reached"),
         C::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         C::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+fn profile_status(e: &ProfileError) -> (StatusCode, &'static str) {
+    use ProfileError as P;
+    match e {
+        P::TooLong(_) | P::ControlCharacters(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        P::BadImage => (StatusCode::BAD_REQUEST, "bad_image"),
+        P::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        P::NotVisible => (StatusCode::NOT_FOUND, "not_found"),
+        P::Unreachable(_) => (StatusCode::BAD_GATEWAY, "unreachable"),
+        P::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 
@@ -197,6 +214,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/notices", get(notices))
         .route("/api/v1/notices/{id}/read", post(read_notice))
         .merge(crate::api::contacts::routes())
+        .merge(crate::api::profiles::routes())
         .route("/api/v1/ws", get(crate::api::ws::upgrade))
         .route("/api/v1/ice", get(ice_servers))
         .fallback(|| async { ApiError::NotFound })

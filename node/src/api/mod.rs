@@ -5,7 +5,8 @@
 //!
 //! - [`http`]: the HTTPS API: every route ([`http::router`]) and the typed
 //!   API errors.
-//! - [`contacts`]: the contacts and presence routes of the HTTPS API.
+//! - [`contacts`]: the contacts and presence routes of the HTTPS API;
+//!   [`profiles`]: the profile and avatar routes.
 //! - [`ws`]: the signalling WebSocket, one per device.
 //! - [`web`]: the embedded web client.
 //! - [`metrics`]: `/metrics` for Prometheus.
@@ -24,5 +25,6 @@ pub mod contacts;
 pub mod federation;
 pub mod http;
 pub mod metrics;
+pub mod profiles;
 pub mod web;
 pub mod ws;

@@ -11,6 +11,8 @@
 //!   this zone and across zones.
 //! - [`presence`]: how each user appears to their accepted contacts, here
 //!   and on other zones.
+//! - [`profiles`]: nickname, description and avatar, and the profiles of
+//!   accepted contacts (cached by version when on another zone).
 //!
 //! A new domain gets a module here and its trees a file in `store/`, as
 //! contacts have `services/contacts.rs` over `store/contacts.rs`: rooms
@@ -20,3 +22,4 @@ pub mod accounts;
 pub mod calls;
 pub mod contacts;
 pub mod presence;
+pub mod profiles;

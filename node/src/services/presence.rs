@@ -113,6 +113,11 @@ pub enum Command {
         /// This node's answer.
         reply: oneshot::Sender<PresenceAnswer>,
     },
+    /// `user`'s profile changed: their presence carries the new version.
+    ProfileChanged {
+        /// The user.
+        user: UserName,
+    },
     /// A sync this node sent came back.
     Synced {
         /// The zone asked.
@@ -142,6 +147,7 @@ pub struct Unstarted {
 struct Local {
     activity: Activity,
     setting: PresenceSetting,
+    profile_v: u64,
     shown: Presence,
 }
 
@@ -292,8 +298,10 @@ impl Actor {
                 warn!(error = %e, "reading a presence setting failed");
                 PresenceSetting::default()
             });
-            let shown = Presence { state: PresenceState::Offline, status: setting.status.clone(), v: 0, since_ms: 0 };
-            self.local.insert(user.clone(), Local { activity: Activity::default(), setting, shown });
+            let profile_v = self.profile_v(user);
+            let shown =
+                Presence { state: PresenceState::Offline, status: setting.status.clone(), ..Presence::default() };
+            self.local.insert(user.clone(), Local { activity: Activity::default(), setting, profile_v, shown });
         }
         self.local.entry(user.clone()).or_default()
     }
@@ -303,12 +311,15 @@ impl Actor {
         let v = self.next_v();
         let local = self.local_mut(user);
         let state = state_of(local);
-        if state == local.shown.state && local.setting.status == local.shown.status && local.shown.v != 0 {
+        let same = state == local.shown.state
+            && local.setting.status == local.shown.status
+            && local.profile_v == local.shown.profile_v;
+        if same && local.shown.v != 0 {
             return;
         }
         let since_ms =
             if state == local.shown.state && local.shown.since_ms != 0 { local.shown.since_ms } else { now_ms() };
-        local.shown = Presence { state, status: local.setting.status.clone(), v, since_ms };
+        local.shown = Presence { state, status: local.setting.status.clone(), v, since_ms, profile_v: local.profile_v };
         let presence = local.shown.clone();
         if state == PresenceState::Offline && local.activity.devices == 0 {
             // Kept only while it matters; the store has the setting.
@@ -420,7 +431,17 @@ impl Actor {
                 let _ = reply.send(answer);
             }
             Command::Synced { zone, answer } => self.synced(zone, answer).await,
+            Command::ProfileChanged { user } => {
+                let v = self.profile_v(&user);
+                self.local_mut(&user).profile_v = v;
+                self.recompute(&user).await;
+            }
         }
+    }
+
+    /// The version of `user`'s profile.
+    fn profile_v(&self, user: &UserName) -> u64 {
+        self.store.profile(user).map(|p| p.v).unwrap_or_default()
     }
 
     /// `user`'s presence as shown now.
@@ -429,7 +450,12 @@ impl Actor {
             Some(l) => l.shown.clone(),
             None => {
                 let status = self.store.presence_setting(user).map(|s| s.status).unwrap_or_default();
-                Presence { state: PresenceState::Offline, status, v: 0, since_ms: 0 }
+                Presence {
+                    state: PresenceState::Offline,
+                    status,
+                    profile_v: self.profile_v(user),
+                    ..Presence::default()
+                }
             }
         }
     }
@@ -556,9 +582,14 @@ impl Actor {
         let Some((presence, gone)) = answer else {
             let theirs: Vec<Address> = self.remote.keys().filter(|a| a.zone == zone).cloned().collect();
             for from in theirs {
-                if self.remote.get(&from).is_some_and(|p| p.state != PresenceState::Offline) {
-                    let offline =
-                        Presence { state: PresenceState::Offline, v: 0, since_ms: now_ms(), status: String::new() };
+                let known = self.remote.get(&from).filter(|p| p.state != PresenceState::Offline);
+                if let Some(profile_v) = known.map(|p| p.profile_v) {
+                    let offline = Presence {
+                        state: PresenceState::Offline,
+                        since_ms: now_ms(),
+                        profile_v,
+                        ..Presence::default()
+                    };
                     self.remote_presence(&from, offline, true).await;
                 }
             }

@@ -7,7 +7,8 @@
 //! `notices` (user \0 id → notice), `invites` (code → [`InviteRecord`]),
 //! `contacts` (user \0 address → [`ContactRecord`]) with its index
 //! `contact_holders` (address \0 user → state), `presence` (user →
-//! [`PresenceSetting`]).
+//! [`PresenceSetting`]), `profiles` (user → profile), `avatars` (user →
+//! [`Avatar`]).
 //! Values are JSON. Writes a caller acknowledges are followed by
 //! [`Store::flush`], so they survive a crash.
 //!
@@ -23,7 +24,8 @@
 //! (JSON values, `user \0 …` keys). Each domain's trees have a file of
 //! `impl Store` blocks: `users.rs`, `sessions.rs` (with `session_ids`),
 //! `history.rs` (history and notices), `invites.rs`, `contacts.rs`
-//! (contacts, their index and presence settings), and `mesh.rs` (the
+//! (contacts, their index and presence settings), `profiles.rs`, and
+//! `mesh.rs` (the
 //! `mesh_records` tree, whose contents the dht crate owns). A new domain
 //! adds its trees to [`Store`] and a file here.
 
@@ -38,12 +40,14 @@ mod history;
 mod invites;
 mod mesh;
 mod migrate;
+mod profiles;
 mod sessions;
 mod users;
 
 pub use contacts::{ContactChange, ContactRecord, PresenceSetting};
 pub use invites::InviteRecord;
 pub use migrate::Migrated;
+pub use profiles::Avatar;
 pub use sessions::SessionRecord;
 pub use users::UserRecord;
 
@@ -112,6 +116,8 @@ pub struct Store {
     contacts: sled::Tree,
     contact_holders: sled::Tree,
     presence: sled::Tree,
+    profiles: sled::Tree,
+    avatars: sled::Tree,
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -181,6 +187,8 @@ impl Store {
             contacts: db.open_tree("contacts")?,
             contact_holders: db.open_tree("contact_holders")?,
             presence: db.open_tree("presence")?,
+            profiles: db.open_tree("profiles")?,
+            avatars: db.open_tree("avatars")?,
             gate: std::sync::Arc::default(),
             tx_gate: std::sync::Arc::default(),
             meta,

@@ -52,7 +52,7 @@ impl Store {
     }
 
     /// Deletes the account of `address` (a user of this zone) with its
-    /// sessions, history, notices and contacts (and every local user's
+    /// sessions, history, notices, contacts, profile (and every local user's
     /// contact of it). Returns the revoked session ids, or `None` if there
     /// was no such user.
     pub fn remove_user(&self, address: &signalling::Address) -> Result<Option<Vec<String>>, StoreError> {
@@ -68,6 +68,7 @@ impl Store {
             }
         }
         self.remove_contacts_of_held(name, address)?;
+        self.remove_profile_held(name)?;
         Ok(Some(revoked))
     }
 }
