@@ -80,8 +80,20 @@ pub async fn load() {
     if !r.ok() {
         return;
     }
-    let list: Vec<Contact> = serde_json::from_value(r.body["contacts"].clone()).unwrap_or_default();
-    with(|s| s.contacts = list);
+    let mut list: Vec<Contact> = serde_json::from_value(r.body["contacts"].clone()).unwrap_or_default();
+    with(|s| {
+        // An event may have come while the list was on its way: keep the
+        // newer presence of the two.
+        for c in &mut list {
+            let held = s.contacts.iter().find(|h| h.address == c.address).and_then(|h| h.presence.clone());
+            if let (Some(h), Some(p)) = (held, c.presence.as_ref()) {
+                if h.v > p.v {
+                    c.presence = Some(h);
+                }
+            }
+        }
+        s.contacts = list;
+    });
     render();
     if let Ok(r) = http::call("GET", "/api/v1/presence", token.as_deref(), None).await {
         if let Ok(p) = serde_json::from_value::<Presence>(r.body) {

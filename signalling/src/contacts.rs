@@ -23,8 +23,10 @@ use crate::service::Service;
 /// Longest status text, in characters.
 pub const MAX_STATUS_CHARS: usize = 140;
 /// Most pairs one [`PresenceNote::Sync`] names; a node with more splits
-/// them over several.
-pub const MAX_SYNC_PAIRS: usize = 1000;
+/// them over several. Bounded so that a sync and its answer (a presence,
+/// with a status of up to 140 characters, per pair at most) stay well
+/// inside one mesh message (64 KiB).
+pub const MAX_SYNC_PAIRS: usize = 64;
 
 /// Where a contact stands, as seen by the user who holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -159,6 +161,8 @@ pub enum ContactAnswer {
     NoSuchRequest,
     /// The user asked has too many contacts or pending requests.
     Full,
+    /// The asking user, or zone, sent too many requests lately.
+    RateLimited,
 }
 
 /// The presence service between nodes.
@@ -167,7 +171,6 @@ pub struct PresenceService;
 
 impl Service for PresenceService {
     const NAME: &'static str = "presence";
-    const MAX_BYTES: usize = 256 * 1024;
     type Request = PresenceNote;
     type Reply = PresenceAnswer;
 }
@@ -248,6 +251,26 @@ mod tests {
         let req = NodeRequest::new::<PresenceService>(zone, None, &note).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(req.decode::<PresenceService>().ok(), Some(note));
         assert!(req.body.get().contains(r#""in_call""#), "{}", req.body.get());
+    }
+
+    /// The largest sync and the largest answer to it fit in one mesh
+    /// message (requests and replies are at most 64 KiB on the wire).
+    #[test]
+    fn the_largest_sync_and_its_answer_fit_one_message() {
+        let name = |i: usize| UserName::parse(&format!("{i:0>32}")).unwrap_or_else(|e| panic!("{e}"));
+        let status: String = "😀".repeat(MAX_STATUS_CHARS);
+        let p = Presence { state: PresenceState::InCall, status, v: u64::MAX, since_ms: u64::MAX, profile_v: u64::MAX };
+        let pairs: Vec<Pair> = (0..MAX_SYNC_PAIRS).map(|i| Pair { theirs: name(i), ours: name(i + 1000) }).collect();
+        let presence: Vec<(UserName, Presence)> = (0..MAX_SYNC_PAIRS).map(|i| (name(i), p.clone())).collect();
+        let note = PresenceNote::Sync { pairs: pairs.clone(), presence: presence.clone() };
+        let zone = crate::ZoneName::parse(&"z".repeat(63)).unwrap_or_else(|e| panic!("{e}"));
+        let req = NodeRequest::new::<PresenceService>(zone, None, &note).unwrap_or_else(|e| panic!("{e}"));
+        let wire = serde_json::to_vec(&req).unwrap_or_else(|e| panic!("{e}"));
+        assert!(wire.len() <= crate::service::DEFAULT_MAX_BODY, "a sync is {} bytes", wire.len());
+        let answer = PresenceAnswer::Synced { presence, gone: pairs };
+        let reply = crate::service::NodeReply::ok::<PresenceService>(&answer).unwrap_or_else(|e| panic!("{e}"));
+        let wire = serde_json::to_vec(&reply).unwrap_or_else(|e| panic!("{e}"));
+        assert!(wire.len() <= 64 * 1024, "its answer is {} bytes", wire.len());
     }
 
     #[test]

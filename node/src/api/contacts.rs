@@ -111,6 +111,7 @@ async fn set(
     if status.chars().any(char::is_control) {
         return Err(ApiError::BadRequest("status: no control characters".into()));
     }
-    let presence = s.presence.set(a.user.name, PresenceSetting { availability: b.availability, status }).await?;
+    let setting = PresenceSetting { availability: b.availability, status };
+    let presence = s.presence.set(&s.store, a.user.name, setting).await?;
     Ok(Json(presence))
 }

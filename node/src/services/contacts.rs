@@ -88,20 +88,27 @@ pub struct Contacts {
     max_contacts: usize,
     max_pending: usize,
     asks: Throttle,
+    /// Requests from other zones, per zone and per asking user.
+    zone_asks: Throttle,
+    remote_asks: Throttle,
     /// Pairs with a step under way: a second step on one waits its turn
     /// by failing as [`ContactError::Busy`].
     busy: Mutex<HashSet<(UserName, Address)>>,
 }
 
-/// Holds a pair busy while a step runs.
+/// Holds a pair busy while a step runs (both users' records of it, when
+/// both are of this zone).
 struct Step<'a> {
     busy: &'a Mutex<HashSet<(UserName, Address)>>,
-    key: (UserName, Address),
+    keys: Vec<(UserName, Address)>,
 }
 
 impl Drop for Step<'_> {
     fn drop(&mut self) {
-        self.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            busy.remove(k);
+        }
     }
 }
 
@@ -143,16 +150,23 @@ impl Contacts {
             max_contacts: limits.max_contacts_per_user,
             max_pending: limits.max_pending_contact_requests,
             asks: Throttle::new(limits.contact_requests_per_hour, Duration::from_secs(3600)),
+            zone_asks: Throttle::new(limits.contact_requests_per_hour.saturating_mul(10), Duration::from_secs(3600)),
+            remote_asks: Throttle::new(limits.contact_requests_per_hour, Duration::from_secs(3600)),
             busy: Mutex::default(),
         }
     }
 
     fn begin(&self, user: &UserName, other: &Address) -> Result<Step<'_>, ContactError> {
-        let key = (user.clone(), other.clone());
-        if !self.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()) {
+        let mut keys = vec![(user.clone(), other.clone())];
+        if other.zone == self.zone {
+            keys.push((other.name.clone(), self.me(user)));
+        }
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if keys.iter().any(|k| busy.contains(k)) {
             return Err(ContactError::Busy);
         }
-        Ok(Step { busy: &self.busy, key })
+        busy.extend(keys.iter().cloned());
+        Ok(Step { busy: &self.busy, keys })
     }
 
     fn me(&self, user: &UserName) -> Address {
@@ -240,6 +254,7 @@ impl Contacts {
             }
             Ok((_, ContactAnswer::UnknownUser)) => Some(ContactError::UnknownUser),
             Ok((_, ContactAnswer::Full)) => Some(ContactError::Full("they have too many requests waiting")),
+            Ok((_, ContactAnswer::RateLimited)) => Some(ContactError::RateLimited(Duration::from_secs(600))),
             Ok((_, other)) => Some(ContactError::Refused(format!("{other:?}"))),
             Err(e) => Some(route_error(e)),
         };
@@ -344,9 +359,18 @@ impl Contacts {
             self.presence.send(PresenceCommand::Removed { user: other.name.clone(), other: me }).await;
         } else if let Some(mesh) = &self.mesh {
             if let Err(e) = mesh.send::<ContactService>(other, Some(user), &step).await {
-                // Their node shows nothing more of this user: it checks
-                // with this node at the next sync, which names the pair gone.
-                warn!(error = %e, "telling the other zone of a removed contact failed");
+                // Tried again for a few minutes; past that, their node
+                // learns it at its next sync, which names the pair gone.
+                warn!(error = %e, "telling the other zone of a removed contact failed; trying again");
+                let (mesh, other, user) = (mesh.clone(), other.clone(), user.clone());
+                tokio::spawn(async move {
+                    for wait in [2, 10, 30, 60, 120] {
+                        tokio::time::sleep(Duration::from_secs(wait)).await;
+                        if mesh.send::<ContactService>(&other, Some(&user), &step).await.is_ok() {
+                            return;
+                        }
+                    }
+                });
             }
         }
     }
@@ -390,6 +414,14 @@ impl Contacts {
                     Ok(ContactAnswer::Accepted)
                 }
                 None => {
+                    let now = Instant::now();
+                    let (zone_key, asker_key) = (from.zone.to_string(), from.to_string());
+                    if self.zone_asks.check(&zone_key, now).is_err() || self.remote_asks.check(&asker_key, now).is_err()
+                    {
+                        return Ok(ContactAnswer::RateLimited);
+                    }
+                    self.zone_asks.fail(&zone_key, now);
+                    self.remote_asks.fail(&asker_key, now);
                     if self.check_room(&to, true).is_err() {
                         return Ok(ContactAnswer::Full);
                     }

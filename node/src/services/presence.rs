@@ -52,7 +52,7 @@ pub type SyncReply = (Vec<(UserName, Presence)>, Vec<Pair>);
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Command {
-    /// `user` chose `setting` (stored by the service).
+    /// `user` chose `setting` (already stored by [`PresenceHub::set`]).
     Set {
         /// The user.
         user: UserName,
@@ -122,6 +122,10 @@ pub enum Command {
     Synced {
         /// The zone asked.
         zone: ZoneName,
+        /// Its users this sync named.
+        asked: Vec<UserName>,
+        /// When the sync was sent (ms since the epoch).
+        sent_ms: u64,
         /// Its answer, or `None` if it could not be reached.
         answer: Option<SyncReply>,
     },
@@ -165,6 +169,8 @@ struct Actor {
     zones: HashMap<ZoneName, mpsc::Sender<(UserName, Address, Presence)>>,
     last_v: u64,
     sync_every: Duration,
+    /// When an update of each remote user last came (ms since the epoch).
+    heard: HashMap<Address, u64>,
 }
 
 impl PresenceHub {
@@ -182,8 +188,12 @@ impl PresenceHub {
         }
     }
 
-    /// Stores what `user` chose and returns their presence now.
-    pub async fn set(&self, user: UserName, setting: PresenceSetting) -> Result<Presence, StoreError> {
+    /// Stores what `user` chose (durably, before the service hears of it:
+    /// the service's own task never waits for the disk) and returns their
+    /// presence now.
+    pub async fn set(&self, store: &Store, user: UserName, setting: PresenceSetting) -> Result<Presence, StoreError> {
+        store.set_presence_setting(&user, &setting)?;
+        store.flush().await?;
         let (reply, rx) = oneshot::channel();
         self.send(Command::Set { user, setting, reply }).await;
         rx.await.unwrap_or_else(|_| Err(StoreError::Db(sled::Error::ReportableBug("presence service gone".into()))))
@@ -236,6 +246,7 @@ impl Unstarted {
             zones: HashMap::new(),
             last_v: 0,
             sync_every,
+            heard: HashMap::new(),
         };
         drop(self.activity_tx);
         tokio::spawn(actor.run(self.rx, self.activity_rx));
@@ -320,11 +331,10 @@ impl Actor {
         let since_ms =
             if state == local.shown.state && local.shown.since_ms != 0 { local.shown.since_ms } else { now_ms() };
         local.shown = Presence { state, status: local.setting.status.clone(), v, since_ms, profile_v: local.profile_v };
+        // Kept (one entry per account that has connected): an offline
+        // user's presence keeps its version, so a sync answer cannot pass
+        // for newer than an update that came before it.
         let presence = local.shown.clone();
-        if state == PresenceState::Offline && local.activity.devices == 0 {
-            // Kept only while it matters; the store has the setting.
-            self.local.remove(user);
-        }
         self.announce(user, presence).await;
     }
 
@@ -378,14 +388,6 @@ impl Actor {
     async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Set { user, setting, reply } => {
-                let stored = match self.store.set_presence_setting(&user, &setting) {
-                    Ok(()) => self.store.flush().await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = stored {
-                    let _ = reply.send(Err(e));
-                    return;
-                }
                 self.local_mut(&user).setting = setting;
                 self.recompute(&user).await;
                 let _ = reply.send(Ok(self.own(&user)));
@@ -420,6 +422,7 @@ impl Actor {
                 let held = self.store.holders(&other).map(|h| h.iter().any(|(_, s)| *s == ContactState::Accepted));
                 if !held.unwrap_or(true) {
                     self.remote.remove(&other);
+                    self.heard.remove(&other);
                 }
             }
             Command::Remote { from, presence, reply } => {
@@ -430,7 +433,7 @@ impl Actor {
                 let answer = self.answer_sync(&zone, pairs, presence).await;
                 let _ = reply.send(answer);
             }
-            Command::Synced { zone, answer } => self.synced(zone, answer).await,
+            Command::Synced { zone, asked, sent_ms, answer } => self.synced(zone, asked, sent_ms, answer).await,
             Command::ProfileChanged { user } => {
                 let v = self.profile_v(&user);
                 self.local_mut(&user).profile_v = v;
@@ -493,6 +496,9 @@ impl Actor {
             return 0;
         }
         let n = holders.len();
+        if !sync {
+            self.heard.insert(from.clone(), now_ms());
+        }
         self.remote.insert(from.clone(), presence.clone());
         self.calls.push(holders, &NodeToClient::Presence { address: from.clone(), presence }).await;
         n
@@ -557,6 +563,10 @@ impl Actor {
                     })
                     .collect();
                 let note = PresenceNote::Sync { pairs: wire, presence: presence.into_iter().collect() };
+                let mut asked: Vec<UserName> = chunk.iter().map(|(_, theirs)| theirs.name.clone()).collect();
+                asked.sort();
+                asked.dedup();
+                let sent_ms = now_ms();
                 let (mesh, tx, zone) = (mesh.clone(), self.tx.clone(), zone.clone());
                 tokio::spawn(async move {
                     let answer = match mesh.send::<PresenceService>(&target, None, &note).await {
@@ -570,7 +580,7 @@ impl Actor {
                             None
                         }
                     };
-                    let _ = tx.send(Command::Synced { zone, answer }).await;
+                    let _ = tx.send(Command::Synced { zone, asked, sent_ms, answer }).await;
                 });
             }
         }
@@ -578,10 +588,16 @@ impl Actor {
 
     /// Takes a sync's answer: the other side's presence; its gone pairs
     /// dropped here; or, if it could not be reached, its users offline.
-    async fn synced(&mut self, zone: ZoneName, answer: Option<SyncReply>) {
+    /// Only the users of the chunk that failed are shown offline, and of
+    /// those only the ones not heard from since the sync went; a pair is
+    /// dropped only if it was not made again since.
+    async fn synced(&mut self, zone: ZoneName, asked: Vec<UserName>, sent_ms: u64, answer: Option<SyncReply>) {
         let Some((presence, gone)) = answer else {
-            let theirs: Vec<Address> = self.remote.keys().filter(|a| a.zone == zone).cloned().collect();
-            for from in theirs {
+            for name in asked {
+                let from = Address::new(name, zone.clone());
+                if self.heard.get(&from).is_some_and(|at| *at >= sent_ms) {
+                    continue;
+                }
                 let known = self.remote.get(&from).filter(|p| p.state != PresenceState::Offline);
                 if let Some(profile_v) = known.map(|p| p.profile_v) {
                     let offline = Presence {
@@ -602,7 +618,7 @@ impl Actor {
             // In the answer, `ours` is the other node's user and `theirs` ours.
             let other = Address::new(pair.ours, zone.clone());
             match self.store.contact(&pair.theirs, &other) {
-                Ok(Some(rec)) if rec.state == ContactState::Accepted => {}
+                Ok(Some(rec)) if rec.state == ContactState::Accepted && rec.since_ms < sent_ms => {}
                 _ => continue,
             }
             if let Err(e) = self.store.write_contacts(&[(&pair.theirs, &other, None)]) {

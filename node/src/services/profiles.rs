@@ -28,8 +28,9 @@ use crate::services::accounts::now_ms;
 use crate::services::presence::{Command as PresenceCommand, PresenceHub};
 use crate::store::{Avatar, Store, StoreError};
 
-/// Remote profiles cached; past that the cache starts afresh.
-const MAX_CACHED: usize = 10_000;
+/// Remote profiles cached (each at most about 41 KiB with its avatar);
+/// past that the cache starts afresh.
+const MAX_CACHED: usize = 1_000;
 
 /// Why a profile request failed.
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +178,14 @@ impl Profiles {
             return Ok(c.profile);
         }
         match self.ask(viewer, of, ProfileQuery::Get { user: of.name.clone() }).await? {
-            ProfileAnswer::Profile { profile } => {
+            ProfileAnswer::Profile { mut profile } => {
+                // What another node sends is held to the limits of this one.
+                profile.nickname =
+                    profile.nickname.chars().filter(|c| !c.is_control()).take(MAX_NICKNAME_CHARS).collect();
+                profile.description = profile.description.chars().take(MAX_DESCRIPTION_CHARS).collect();
+                if profile.avatar.as_deref().is_some_and(|m| !["image/png", "image/jpeg", "image/webp"].contains(&m)) {
+                    profile.avatar = None;
+                }
                 let avatar = self.cached(of).and_then(|c| c.avatar);
                 self.keep(of, Cached { profile: profile.clone(), avatar });
                 Ok(profile)

@@ -106,6 +106,8 @@ pub struct Store {
     /// holds this lock shared and a transaction holds it whole
     /// ([`Store::transacting`]): the two never overlap.
     tx_gate: std::sync::Arc<parking_lot::RwLock<()>>,
+    /// One read-modify-write of a profile at a time.
+    profile_lock: std::sync::Arc<parking_lot::Mutex<()>>,
     meta: sled::Tree,
     users: sled::Tree,
     sessions: sled::Tree,
@@ -191,6 +193,7 @@ impl Store {
             avatars: db.open_tree("avatars")?,
             gate: std::sync::Arc::default(),
             tx_gate: std::sync::Arc::default(),
+            profile_lock: std::sync::Arc::default(),
             meta,
             db,
         };

@@ -30,6 +30,17 @@ impl Store {
         now_ms: u64,
         change: impl FnOnce(&mut Profile),
     ) -> Result<Profile, StoreError> {
+        let _one = self.profile_lock.lock();
+        self.update_profile_held(user, now_ms, change)
+    }
+
+    /// [`Store::update_profile`] for a caller holding `profile_lock`.
+    fn update_profile_held(
+        &self,
+        user: &UserName,
+        now_ms: u64,
+        change: impl FnOnce(&mut Profile),
+    ) -> Result<Profile, StoreError> {
         let _w = self.writing();
         let mut p = self.profile(user)?;
         change(&mut p);
@@ -43,6 +54,9 @@ impl Store {
     /// never names an avatar that is not there.
     pub fn set_avatar(&self, user: &UserName, now_ms: u64, avatar: Option<Avatar>) -> Result<Profile, StoreError> {
         let mime = avatar.as_ref().map(|a| a.mime.clone());
+        // One change of a profile at a time: a nickname saved on one device
+        // while a picture goes up on another loses neither.
+        let _one = self.profile_lock.lock();
         {
             let _w = self.writing();
             match &avatar {
@@ -50,7 +64,7 @@ impl Store {
                 None => self.avatars.remove(user.as_str())?,
             };
         }
-        self.update_profile(user, now_ms, |p| p.avatar = mime)
+        self.update_profile_held(user, now_ms, |p| p.avatar = mime)
     }
 
     /// `user`'s avatar, if any.
