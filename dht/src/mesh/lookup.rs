@@ -169,7 +169,10 @@ impl Mesh {
         // A swarm that is gone (stopped, before or during the walk) asked
         // nobody: that is a lookup cut short, not an answer.
         let gone = || (Vec::new(), LookupStats { incomplete: true, ..LookupStats::default() });
-        if self.cmd.send(Cmd::Get { key, enough, reply }).await.is_err() {
+        // Once stopped, no walk starts: a swarm winding down may still take
+        // the command and never answer it.
+        if self.shared.stopped.load(Ordering::Acquire) || self.cmd.send(Cmd::Get { key, enough, reply }).await.is_err()
+        {
             return gone();
         }
         let found = rx.await.unwrap_or_else(|_| gone());

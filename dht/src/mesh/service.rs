@@ -221,6 +221,9 @@ impl Mesh {
         user: Option<&UserName>,
         request: &S::Request,
     ) -> Result<S::Reply, RouteError> {
+        if self.shared.stopped.load(Ordering::Acquire) {
+            return Err(RouteError::Stopped);
+        }
         let envelope = NodeRequest::new::<S>(self.zone.clone(), user.cloned(), request)
             .map_err(|e| RouteError::BadRequest(e.to_string()))?;
         let mut last = String::new();
