@@ -189,11 +189,6 @@ impl Contacts {
             .collect())
     }
 
-    /// Whether `user` holds `other` as an accepted contact.
-    pub fn are_contacts(&self, user: &UserName, other: &Address) -> Result<bool, ContactError> {
-        Ok(self.store.contact(user, other)?.is_some_and(|r| r.state == ContactState::Accepted))
-    }
-
     fn check_room(&self, user: &UserName, incoming: bool) -> Result<(), ContactError> {
         let all = self.store.contacts(user)?;
         if all.len() >= self.max_contacts {

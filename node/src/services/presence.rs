@@ -346,13 +346,10 @@ impl Actor {
     /// Tells local holders and each remote zone of `user`'s presence.
     async fn announce(&mut self, user: &UserName, presence: Presence) {
         let me = self.me(user);
-        let holders: Vec<UserName> = match self.store.holders(&me) {
-            Ok(h) => h.into_iter().filter(|(_, s)| *s == ContactState::Accepted).map(|(u, _)| u).collect(),
-            Err(e) => {
-                warn!(error = %e, "reading contact holders failed");
-                Vec::new()
-            }
-        };
+        let holders = self.store.accepted_holders(&me).unwrap_or_else(|e| {
+            warn!(error = %e, "reading contact holders failed");
+            Vec::new()
+        });
         self.calls.push(holders, &NodeToClient::Presence { address: me, presence: presence.clone() }).await;
         let contacts = match self.store.contacts(user) {
             Ok(c) => c,
@@ -419,7 +416,7 @@ impl Actor {
                 }
             }
             Command::Removed { other, .. } => {
-                let held = self.store.holders(&other).map(|h| h.iter().any(|(_, s)| *s == ContactState::Accepted));
+                let held = self.store.accepted_holders(&other).map(|h| !h.is_empty());
                 if !held.unwrap_or(true) {
                     self.remote.remove(&other);
                     self.heard.remove(&other);
@@ -465,9 +462,8 @@ impl Actor {
 
     /// What `viewer` may see of `of`: only an accepted contact's presence.
     fn view(&self, viewer: &UserName, of: &Address) -> Option<Presence> {
-        match self.store.contact(viewer, of) {
-            Ok(Some(rec)) if rec.state == ContactState::Accepted => {}
-            _ => return None,
+        if !self.store.accepted(viewer, of).unwrap_or(false) {
+            return None;
         }
         Some(if of.zone == self.zone { self.own(&of.name) } else { self.remote.get(of).cloned().unwrap_or_default() })
     }
@@ -476,8 +472,8 @@ impl Actor {
     /// them as an accepted contact (and, unless `sync`, if it is newer than
     /// what is known), and shows it to each such user. Returns how many.
     async fn remote_presence(&mut self, from: &Address, presence: Presence, sync: bool) -> usize {
-        let holders: Vec<UserName> = match self.store.holders(from) {
-            Ok(h) => h.into_iter().filter(|(_, s)| *s == ContactState::Accepted).map(|(u, _)| u).collect(),
+        let holders = match self.store.accepted_holders(from) {
+            Ok(h) => h,
             Err(e) => {
                 warn!(error = %e, "reading contact holders failed");
                 return 0;

@@ -17,7 +17,6 @@ use std::sync::Mutex;
 
 use base64::Engine;
 use dht::{Mesh, RouteError};
-use signalling::contacts::ContactState;
 use signalling::profiles::{
     sniff_image, Profile, ProfileAnswer, ProfileQuery, ProfileService, MAX_AVATAR_BYTES, MAX_DESCRIPTION_CHARS,
     MAX_NICKNAME_CHARS,
@@ -139,9 +138,10 @@ impl Profiles {
     }
 
     fn visible(&self, viewer: &UserName, of: &Address) -> Result<(), ProfileError> {
-        match self.store.contact(viewer, of)? {
-            Some(rec) if rec.state == ContactState::Accepted => Ok(()),
-            _ => Err(ProfileError::NotVisible),
+        if self.store.accepted(viewer, of)? {
+            Ok(())
+        } else {
+            Err(ProfileError::NotVisible)
         }
     }
 

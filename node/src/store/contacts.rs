@@ -34,6 +34,11 @@ pub struct PresenceSetting {
 /// One change to a contact: set it (`Some`) or remove it (`None`).
 pub type ContactChange<'a> = (&'a UserName, &'a Address, Option<ContactRecord>);
 
+/// The part of a key after its prefix, parsed as a name or an address.
+fn key_tail<T, E>(tree: &'static str, tail: &[u8], parse: impl Fn(&str) -> Result<T, E>) -> Result<T, StoreError> {
+    std::str::from_utf8(tail).ok().and_then(|s| parse(s).ok()).ok_or(StoreError::Corrupt { tree, why: "key".into() })
+}
+
 fn holder_key(address: &Address, user: &str) -> Vec<u8> {
     let mut k = address.to_string().into_bytes();
     k.push(0);
@@ -48,17 +53,24 @@ impl Store {
         self.contacts.get(key)?.map(|v| dec("contacts", &v)).transpose()
     }
 
+    /// Whether `user` holds `address` as an accepted contact: what every
+    /// service checks before showing one user anything of another.
+    pub fn accepted(&self, user: &UserName, address: &Address) -> Result<bool, StoreError> {
+        Ok(self.contact(user, address)?.is_some_and(|r| r.state == ContactState::Accepted))
+    }
+
+    /// The local users who hold `address` as an accepted contact.
+    pub fn accepted_holders(&self, address: &Address) -> Result<Vec<UserName>, StoreError> {
+        Ok(self.holders(address)?.into_iter().filter(|(_, s)| *s == ContactState::Accepted).map(|(u, _)| u).collect())
+    }
+
     /// Every contact of `user`, by address.
     pub fn contacts(&self, user: &UserName) -> Result<Vec<(Address, ContactRecord)>, StoreError> {
         let prefix = user_prefix(user.as_str());
         let mut out = Vec::new();
         for kv in self.contacts.scan_prefix(&prefix) {
             let (k, v) = kv?;
-            let addr = std::str::from_utf8(&k[prefix.len()..])
-                .ok()
-                .and_then(|s| Address::parse(s).ok())
-                .ok_or(StoreError::Corrupt { tree: "contacts", why: "key".into() })?;
-            out.push((addr, dec("contacts", &v)?));
+            out.push((key_tail("contacts", &k[prefix.len()..], Address::parse)?, dec("contacts", &v)?));
         }
         Ok(out)
     }
@@ -70,11 +82,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.contact_holders.scan_prefix(&prefix) {
             let (k, v) = kv?;
-            let user = std::str::from_utf8(&k[prefix.len()..])
-                .ok()
-                .and_then(|s| UserName::parse(s).ok())
-                .ok_or(StoreError::Corrupt { tree: "contact_holders", why: "key".into() })?;
-            out.push((user, dec("contact_holders", &v)?));
+            out.push((key_tail("contact_holders", &k[prefix.len()..], UserName::parse)?, dec("contact_holders", &v)?));
         }
         Ok(out)
     }
@@ -91,11 +99,9 @@ impl Store {
             if dec::<ContactState>("contact_holders", &v)? != ContactState::Accepted {
                 continue;
             }
-            let corrupt = || StoreError::Corrupt { tree: "contact_holders", why: "key".into() };
-            let sep = k.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
-            let addr = std::str::from_utf8(&k[..sep]).ok().and_then(|s| Address::parse(s).ok()).ok_or_else(corrupt)?;
-            let user =
-                std::str::from_utf8(&k[sep + 1..]).ok().and_then(|s| UserName::parse(s).ok()).ok_or_else(corrupt)?;
+            let sep = k.iter().position(|b| *b == 0).unwrap_or(k.len());
+            let addr = key_tail("contact_holders", &k[..sep], Address::parse)?;
+            let user = key_tail("contact_holders", k.get(sep + 1..).unwrap_or_default(), UserName::parse)?;
             if &addr.zone != home {
                 out.entry(addr.zone.clone()).or_default().push((user, addr));
             }
